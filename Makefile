@@ -1,0 +1,48 @@
+# Two entry points for a fresh machine: `make demo` and `make test`. Everything else is a step of those.
+
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+APT_PACKAGES := espeak-ng sox libb64-0d libsndfile1
+REPOSITORY ?= model_repository
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+
+.PHONY: demo test lint typecheck unit setup system-deps repository serve clean
+
+demo: setup  ## export (real weights when reachable), serve on CPU, classify samples/, stop
+	$(BIN)/python -m emotion_build demo --model-repository $(REPOSITORY) --samples samples
+
+test: setup lint typecheck  ## install everything, then the whole suite against a real tritonserver
+	$(BIN)/pytest
+
+lint: setup
+	$(BIN)/ruff check build client tests
+	$(BIN)/ruff format --check build client tests
+
+typecheck: setup
+	$(BIN)/mypy build/emotion_build client/emotion_client
+
+setup: system-deps $(BIN)/.installed
+
+system-deps:  ## Debian packages: speech for tests and samples, libb64 for perf_analyzer, libsndfile
+	@missing=$$(for p in $(APT_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || echo $$p; done); \
+	if [ -n "$$missing" ]; then \
+		echo "installing Debian packages: $$missing"; \
+		$(SUDO) apt-get update -qq && $(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing; \
+	fi
+
+$(BIN)/.installed: requirements.txt build/pyproject.toml client/pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --disable-pip-version-check -r requirements.txt
+	touch $@
+
+repository: setup  ## the GPU repository for NVIDIA's container (set MODEL=dir or RANDOM_INIT=base)
+	$(BIN)/python -m emotion_build export --target gpu --output $(REPOSITORY) \
+		$(if $(MODEL),--model $(MODEL)) $(if $(RANDOM_INIT),--random-init $(RANDOM_INIT))
+
+serve: setup
+	$(BIN)/python -m emotion_build serve --model-repository $(REPOSITORY)
+
+clean:
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache
+	find $(REPOSITORY) -mindepth 1 -maxdepth 1 ! -name README.md -exec rm -rf {} +

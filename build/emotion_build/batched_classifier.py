@@ -1,0 +1,112 @@
+"""The module that gets traced: a ragged batch of waveforms in, per-clip logits and probabilities out.
+
+Triton's ragged batching hands the classifier every clip of a batch concatenated into one flat
+tensor plus the accumulated sample counts (where each clip ends). wav2vec2-base's answer changes
+when a clip is zero-padded (the first conv layer's group norm spans time, attention and mean
+pooling see the padding), so this forward re-pads internally and masks every place where time is
+mixed: group-norm statistics over each clip's own samples, the attention mask in the encoder, and
+masked mean pooling. A clip's result is therefore the same alone or next to any other clips.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor, nn
+from transformers import Wav2Vec2ForSequenceClassification
+
+__all__ = ["RaggedEmotionClassifier", "pad_ragged"]
+
+
+@torch.jit.script
+def pad_ragged(flat: Tensor, ends: Tensor) -> tuple[Tensor, Tensor]:
+    """Scripted (not traced) so the batch size and the longest clip stay dynamic in the export."""
+    flat = flat.reshape(-1)
+    ends = ends.reshape(-1).to(torch.long)
+    starts = torch.cat([torch.zeros(1, dtype=torch.long, device=ends.device), ends[:-1]])
+    lengths = ends - starts
+    max_len = int(lengths.max())
+    offsets = torch.arange(max_len, dtype=torch.long, device=flat.device)
+    valid = offsets.unsqueeze(0) < lengths.unsqueeze(1)
+    index = (starts.unsqueeze(1) + offsets.unsqueeze(0)).clamp(max=flat.numel() - 1)
+    padded = torch.where(valid, flat[index], torch.zeros((1, 1), dtype=flat.dtype, device=flat.device))
+    return padded, lengths
+
+
+class RaggedEmotionClassifier(nn.Module):
+    """Reuses the Hugging Face submodules and weights; only the time-mixing steps are re-written."""
+
+    def __init__(self, model: Wav2Vec2ForSequenceClassification) -> None:
+        super().__init__()
+        config = model.config
+        if config.feat_extract_norm not in ("group", "layer"):
+            raise ValueError(f"unsupported feat_extract_norm {config.feat_extract_norm!r}")
+        if config.do_stable_layer_norm:
+            raise ValueError("stable-layer-norm wav2vec2 variants are not supported by this export")
+        self.group_norm_first = config.feat_extract_norm == "group"
+        self.conv_layers = model.wav2vec2.feature_extractor.conv_layers
+        self.conv_geometry = [(int(k), int(s)) for k, s in zip(config.conv_kernel, config.conv_stride, strict=True)]
+        self.feature_projection = model.wav2vec2.feature_projection
+        self.encoder = model.wav2vec2.encoder
+        self.use_weighted_layer_sum = bool(config.use_weighted_layer_sum)
+        self.layer_weights = model.layer_weights if self.use_weighted_layer_sum else None
+        self.projector = model.projector
+        self.classifier = model.classifier
+
+    def frame_lengths(self, lengths: Tensor) -> Tensor:
+        for kernel, stride in self.conv_geometry:
+            lengths = torch.div(lengths - kernel, stride, rounding_mode="floor") + 1
+        return lengths
+
+    def forward(self, waveform: Tensor, waveform_ends: Tensor) -> tuple[Tensor, Tensor]:
+        padded, lengths = pad_ragged(waveform, waveform_ends)
+        features = self._conv_features(padded, lengths)
+        frames = self.frame_lengths(lengths)
+        frame_valid = torch.arange(features.shape[1], device=features.device).unsqueeze(0) < frames.unsqueeze(1)
+
+        hidden, _ = self.feature_projection(features)
+        hidden = hidden * frame_valid.unsqueeze(-1).to(hidden.dtype)
+        hidden = hidden + self.encoder.pos_conv_embed(hidden)
+        hidden = self.encoder.layer_norm(hidden)
+
+        mask_value = torch.finfo(hidden.dtype).min
+        additive_mask = (~frame_valid).to(hidden.dtype)[:, None, None, :] * mask_value
+        layer_outputs = [hidden]
+        for layer in self.encoder.layers:
+            hidden = layer(hidden, attention_mask=additive_mask)
+            layer_outputs.append(hidden)
+
+        if self.layer_weights is not None:
+            weights = nn.functional.softmax(self.layer_weights, dim=-1).to(hidden.dtype)
+            hidden = (torch.stack(layer_outputs, dim=1) * weights.view(-1, 1, 1)).sum(dim=1)
+
+        projected = self.projector(hidden)
+        valid = frame_valid.unsqueeze(-1).to(projected.dtype)
+        pooled = (projected * valid).sum(dim=1) / valid.sum(dim=1)
+        logits = self.classifier(pooled)
+        return logits, nn.functional.softmax(logits.float(), dim=-1).to(logits.dtype)
+
+    def _conv_features(self, padded: Tensor, lengths: Tensor) -> Tensor:
+        """Conv stack with the first layer's group norm taken over each clip's valid frames only.
+
+        Later conv layers need no mask: without padding, a valid output frame only reads valid
+        input frames, so whatever the padded tail holds never reaches a frame that is kept.
+        """
+        hidden = padded.unsqueeze(1)
+        for index, conv_layer in enumerate(self.conv_layers):
+            if index == 0 and self.group_norm_first:
+                hidden = conv_layer.conv(hidden)  # type: ignore[operator]
+                kernel, stride = self.conv_geometry[0]
+                valid_frames = torch.div(lengths - kernel, stride, rounding_mode="floor") + 1
+                mask = torch.arange(hidden.shape[-1], device=hidden.device).unsqueeze(0) < valid_frames.unsqueeze(1)
+                mask = mask.unsqueeze(1).to(hidden.dtype)
+                count = mask.sum(dim=-1, keepdim=True)
+                mean = (hidden * mask).sum(dim=-1, keepdim=True) / count
+                centred = hidden - mean
+                variance = (centred * centred * mask).sum(dim=-1, keepdim=True) / count
+                norm: nn.GroupNorm = conv_layer.layer_norm  # type: ignore[assignment]
+                hidden = centred * torch.rsqrt(variance + norm.eps)
+                hidden = hidden * norm.weight.view(1, -1, 1) + norm.bias.view(1, -1, 1)
+                hidden = conv_layer.activation(hidden)  # type: ignore[operator]
+            else:
+                hidden = conv_layer(hidden)
+        return hidden.transpose(1, 2)

@@ -1,0 +1,117 @@
+"""Render the three Triton model configs from the one `ModelDescription`.
+
+Configs are built as Triton's own `ModelConfig` protobuf and printed with `text_format`, so a
+misspelt field fails here, at build time, instead of when the server loads the repository.
+"""
+
+from __future__ import annotations
+
+from google.protobuf import text_format
+from tritonclient.grpc import model_config_pb2 as mc
+
+from .description import (
+    AUDIO_INPUT,
+    CLASSIFIER_MODEL,
+    ENSEMBLE_MODEL,
+    LABELS_FILE,
+    LOGITS_OUTPUT,
+    PREPROCESS_MODEL,
+    PROBABILITIES_OUTPUT,
+    WAVEFORM,
+    WAVEFORM_ENDS,
+    ModelDescription,
+    Target,
+    ensemble_parameters,
+)
+
+__all__ = ["all_configs", "classifier_config", "ensemble_config", "preprocess_config", "render"]
+
+_ENSEMBLE_WAVEFORM = "normalised_waveform"
+
+
+def _parameters(config: mc.ModelConfig, values: dict[str, str]) -> None:
+    for key, value in values.items():
+        config.parameters[key].string_value = value
+
+
+def _class_outputs(config: mc.ModelConfig, description: ModelDescription, *, with_labels: bool) -> None:
+    for name in (LOGITS_OUTPUT, PROBABILITIES_OUTPUT):
+        output = config.output.add(name=name, data_type=mc.TYPE_FP32, dims=[len(description.labels)])
+        if with_labels and name == PROBABILITIES_OUTPUT:
+            output.label_filename = LABELS_FILE
+
+
+def preprocess_config(description: ModelDescription) -> mc.ModelConfig:
+    batching = description.batching
+    config = mc.ModelConfig(name=PREPROCESS_MODEL, backend="python", max_batch_size=batching.max_batch_size)
+    config.input.add(name=AUDIO_INPUT, data_type=mc.TYPE_FP32, dims=[-1], allow_ragged_batch=True)
+    config.output.add(name=WAVEFORM, data_type=mc.TYPE_FP32, dims=[-1])
+    config.dynamic_batching.max_queue_delay_microseconds = 0
+    config.instance_group.add(kind=mc.ModelInstanceGroup.KIND_CPU, count=batching.preprocess_instances)
+    _parameters(
+        config,
+        {
+            "sample_rate": str(description.sample_rate),
+            "do_normalize": "true" if description.do_normalize else "false",
+            "min_samples": str(description.min_samples),
+            "max_samples": str(description.max_samples),
+        },
+    )
+    return config
+
+
+def classifier_config(description: ModelDescription, target: Target) -> mc.ModelConfig:
+    """The same tensors and batching on both targets; only the runtime and the device differ."""
+    batching = description.batching
+    config = mc.ModelConfig(name=CLASSIFIER_MODEL, max_batch_size=batching.max_batch_size)
+    config.input.add(name=WAVEFORM, data_type=mc.TYPE_FP32, dims=[-1], allow_ragged_batch=True)
+    config.batch_input.add(
+        kind=mc.BatchInput.BATCH_ACCUMULATED_ELEMENT_COUNT,
+        target_name=[WAVEFORM_ENDS],
+        data_type=mc.TYPE_INT32,
+        source_input=[WAVEFORM],
+    )
+    _class_outputs(config, description, with_labels=False)
+    config.dynamic_batching.max_queue_delay_microseconds = batching.max_queue_delay_us
+    config.dynamic_batching.preferred_batch_size.append(batching.max_batch_size)
+    if target == "gpu":
+        config.platform = "pytorch_libtorch"
+        config.instance_group.add(kind=mc.ModelInstanceGroup.KIND_GPU, count=batching.classifier_instances)
+        _parameters(config, {"INFERENCE_MODE": "true"})
+    elif target == "cpu":
+        config.backend = "python"
+        config.instance_group.add(kind=mc.ModelInstanceGroup.KIND_CPU, count=batching.classifier_instances)
+        _parameters(config, {"intra_op_threads": str(batching.intra_op_threads)})
+    else:
+        raise ValueError(f"target must be 'gpu' or 'cpu', got {target!r}")
+    return config
+
+
+def ensemble_config(description: ModelDescription) -> mc.ModelConfig:
+    config = mc.ModelConfig(
+        name=ENSEMBLE_MODEL, platform="ensemble", max_batch_size=description.batching.max_batch_size
+    )
+    config.input.add(name=AUDIO_INPUT, data_type=mc.TYPE_FP32, dims=[-1])
+    _class_outputs(config, description, with_labels=True)
+    preprocess = config.ensemble_scheduling.step.add(model_name=PREPROCESS_MODEL, model_version=-1)
+    preprocess.input_map[AUDIO_INPUT] = AUDIO_INPUT
+    preprocess.output_map[WAVEFORM] = _ENSEMBLE_WAVEFORM
+    classifier = config.ensemble_scheduling.step.add(model_name=CLASSIFIER_MODEL, model_version=-1)
+    classifier.input_map[WAVEFORM] = _ENSEMBLE_WAVEFORM
+    for name in (LOGITS_OUTPUT, PROBABILITIES_OUTPUT):
+        classifier.output_map[name] = name
+    _parameters(config, ensemble_parameters(description))
+    return config
+
+
+def all_configs(description: ModelDescription, target: Target) -> dict[str, mc.ModelConfig]:
+    return {
+        PREPROCESS_MODEL: preprocess_config(description),
+        CLASSIFIER_MODEL: classifier_config(description, target),
+        ENSEMBLE_MODEL: ensemble_config(description),
+    }
+
+
+def render(config: mc.ModelConfig) -> str:
+    text: str = text_format.MessageToString(config)
+    return text

@@ -1,0 +1,139 @@
+"""The one typed description of the served models.
+
+Everything that names a tensor, a label, the sample rate or a batching knob is read from here
+(for the build) or from the configs this module's values are rendered into (for the server and
+the SDK). Nothing else spells these values out.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from collections.abc import Mapping
+from typing import Literal
+
+__all__ = [
+    "AUDIO_INPUT",
+    "CLASSIFIER_MODEL",
+    "ENSEMBLE_MODEL",
+    "LOGITS_OUTPUT",
+    "PREPROCESS_MODEL",
+    "PROBABILITIES_OUTPUT",
+    "WAVEFORM",
+    "WAVEFORM_ENDS",
+    "BatchingSettings",
+    "ModelDescription",
+    "Provenance",
+    "Target",
+]
+
+Target = Literal["gpu", "cpu"]
+
+ENSEMBLE_MODEL = "emotion"
+PREPROCESS_MODEL = "preprocess"
+CLASSIFIER_MODEL = "classifier"
+
+AUDIO_INPUT = "audio"
+"""Ensemble and preprocess input: one mono clip at the model's sample rate, shape [1, samples]."""
+WAVEFORM = "waveform"
+"""Classifier input: the normalised clip. Ragged: Triton concatenates a batch into one flat tensor."""
+WAVEFORM_ENDS = "waveform_ends"
+"""Classifier batch input: accumulated sample counts, i.e. where each clip of the flat batch ends."""
+LOGITS_OUTPUT = "logits"
+PROBABILITIES_OUTPUT = "probabilities"
+
+LABELS_FILE = "labels.txt"
+MODEL_FILE = "model.pt"
+PROVENANCE_FILE = "export.json"
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class BatchingSettings:
+    """Dynamic-batching knobs shared by the classifier on both targets."""
+
+    max_batch_size: int = 32
+    max_queue_delay_us: int = 2000
+    classifier_instances: int = 1
+    preprocess_instances: int = 2
+    intra_op_threads: int = 0
+    """Torch intra-op threads of the CPU runner; 0 lets torch decide."""
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Provenance:
+    """Where the served weights came from, so a repository can always say what it serves."""
+
+    source_model: str
+    untrained: bool
+    target: str
+    torch_version: str
+    transformers_version: str
+    dtype: str = "float32"
+    max_abs_logit_diff: float | None = None
+    """Largest |TorchScript - eager| logit seen by the export check."""
+
+    def to_json(self) -> str:
+        return json.dumps(dataclasses.asdict(self), indent=2, sort_keys=True) + "\n"
+
+    @classmethod
+    def from_json(cls, text: str) -> Provenance:
+        return cls(**json.loads(text))
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class ModelDescription:
+    """What the build learnt from the Hugging Face model and what the operator chose."""
+
+    labels: tuple[str, ...]
+    sample_rate: int = 16000
+    do_normalize: bool = True
+    min_duration_s: float = 0.1
+    max_duration_s: float = 30.0
+    batching: BatchingSettings = dataclasses.field(default_factory=BatchingSettings)
+    untrained: bool = False
+
+    def __post_init__(self) -> None:
+        if not self.labels:
+            raise ValueError("the model has no labels (id2label is empty)")
+        if len(set(self.labels)) != len(self.labels):
+            raise ValueError(f"labels must be unique, got {list(self.labels)}")
+        if any(("\n" in label or not label.strip()) for label in self.labels):
+            raise ValueError(f"labels must be non-empty single-line strings, got {list(self.labels)}")
+        if self.sample_rate <= 0:
+            raise ValueError(f"sample_rate must be positive, got {self.sample_rate}")
+        if not 0 < self.min_duration_s < self.max_duration_s:
+            raise ValueError(
+                f"need 0 < min_duration_s < max_duration_s, got {self.min_duration_s} and {self.max_duration_s}"
+            )
+        if self.batching.max_batch_size < 1:
+            raise ValueError(f"max_batch_size must be >= 1, got {self.batching.max_batch_size}")
+
+    @property
+    def min_samples(self) -> int:
+        return max(1, round(self.min_duration_s * self.sample_rate))
+
+    @property
+    def max_samples(self) -> int:
+        return round(self.max_duration_s * self.sample_rate)
+
+    @staticmethod
+    def labels_from_id2label(id2label: Mapping[int, str] | Mapping[str, str]) -> tuple[str, ...]:
+        """Order labels by class index, accepting the string keys JSON configs carry."""
+        by_index = {int(k): str(v) for k, v in id2label.items()}
+        if sorted(by_index) != list(range(len(by_index))):
+            raise ValueError(f"id2label must cover indices 0..n-1, got {sorted(by_index)}")
+        return tuple(by_index[i] for i in range(len(by_index)))
+
+
+def ensemble_parameters(description: ModelDescription) -> dict[str, str]:
+    """What the SDK reads from the ensemble's config, so the client never hard-codes any of it."""
+    return {
+        "labels": json.dumps(list(description.labels)),
+        "sample_rate": str(description.sample_rate),
+        "audio_input": AUDIO_INPUT,
+        "probabilities_output": PROBABILITIES_OUTPUT,
+        "logits_output": LOGITS_OUTPUT,
+        "min_duration_s": repr(description.min_duration_s),
+        "max_duration_s": repr(description.max_duration_s),
+        "untrained": "true" if description.untrained else "false",
+    }

@@ -1,0 +1,75 @@
+"""Running `perf_analyzer` from the `tritonclient==2.51.0` wheel on a machine without CUDA.
+
+The wheel's binary links `libcudart.so.12` (shipped by `nvidia-cuda-runtime-cu12`) and Debian's
+`libb64-0d`; this module finds the former and builds the command line for the ensemble.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import numpy.typing as npt
+
+from .description import AUDIO_INPUT, ENSEMBLE_MODEL
+
+__all__ = ["perf_analyzer_command", "perf_analyzer_env", "write_input_data"]
+
+
+def perf_analyzer_env() -> dict[str, str]:
+    try:
+        import nvidia.cuda_runtime as cuda_runtime
+    except ImportError as error:
+        raise RuntimeError("perf_analyzer needs libcudart.so.12: pip install nvidia-cuda-runtime-cu12") from error
+    library_dir = Path(next(iter(cuda_runtime.__path__))) / "lib"
+    existing = os.environ.get("LD_LIBRARY_PATH", "")
+    return {**os.environ, "LD_LIBRARY_PATH": os.pathsep.join(p for p in (str(library_dir), existing) if p)}
+
+
+def write_input_data(path: Path, clips: Sequence[npt.NDArray[np.float32]]) -> Path:
+    """perf_analyzer's own random data is raw bytes, which the server rightly rejects as NaN; send real clips."""
+    entries = [
+        {AUDIO_INPUT: {"content": np.asarray(c, np.float32).ravel().tolist(), "shape": [int(np.size(c))]}}
+        for c in clips
+    ]
+    path.write_text(json.dumps({"data": entries}))
+    return path
+
+
+def perf_analyzer_command(
+    grpc_url: str,
+    *,
+    input_data: Path,
+    concurrency: Sequence[int] = (1,),
+    measurement_interval_ms: int = 2000,
+    extra_args: Sequence[str] = (),
+) -> list[str]:
+    """One clip per request against the ensemble over gRPC, cycling through `input_data`'s clips."""
+    binary = shutil.which(
+        "perf_analyzer", path=os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", "")])
+    )
+    if binary is None:
+        raise RuntimeError("perf_analyzer not found: pip install 'tritonclient[grpc]==2.51.0' (later wheels lack it)")
+    low, high = min(concurrency), max(concurrency)
+    step = (high - low) // max(len(concurrency) - 1, 1) or 1
+    return [
+        binary,
+        "-m",
+        ENSEMBLE_MODEL,
+        "-u",
+        grpc_url,
+        "-i",
+        "grpc",
+        "--input-data",
+        str(input_data),
+        "--concurrency-range",
+        f"{low}:{high}:{step}",
+        "--measurement-interval",
+        str(measurement_interval_ms),
+        *extra_args,
+    ]

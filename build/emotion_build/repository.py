@@ -1,0 +1,69 @@
+"""Write a Triton model repository: configs, labels, the Python models, the artifact's provenance."""
+
+from __future__ import annotations
+
+import shutil
+from importlib import resources
+from pathlib import Path
+
+from .configs import all_configs, render
+from .description import (
+    CLASSIFIER_MODEL,
+    ENSEMBLE_MODEL,
+    LABELS_FILE,
+    MODEL_FILE,
+    PREPROCESS_MODEL,
+    PROVENANCE_FILE,
+    ModelDescription,
+    Provenance,
+    Target,
+)
+
+__all__ = ["MODEL_SOURCES", "write_repository"]
+
+MODEL_SOURCES: dict[str, dict[Target, tuple[tuple[str, str], ...]]] = {
+    PREPROCESS_MODEL: {
+        "gpu": (("preprocess_model.py", "model.py"), ("waveform.py", "waveform.py")),
+        "cpu": (("preprocess_model.py", "model.py"), ("waveform.py", "waveform.py")),
+    },
+    CLASSIFIER_MODEL: {
+        "gpu": (),
+        "cpu": (("classifier_model.py", "model.py"), ("ragged.py", "ragged.py")),
+    },
+    ENSEMBLE_MODEL: {"gpu": (), "cpu": ()},
+}
+"""Which source files of `triton_models` each served model needs, and the name each takes there."""
+
+
+def write_repository(
+    output: Path,
+    description: ModelDescription,
+    target: Target,
+    *,
+    artifact: Path,
+    provenance: Provenance,
+) -> None:
+    """Lay the repository out beside `output` and swap it in, so a failed build never leaves half a repo."""
+    output = output.resolve()
+    staging = output.with_name(f".{output.name}.partial")
+    shutil.rmtree(staging, ignore_errors=True)
+    sources = resources.files("emotion_build.triton_models")
+    for name, config in all_configs(description, target).items():
+        version = staging / name / "1"
+        version.mkdir(parents=True)
+        (staging / name / "config.pbtxt").write_text(render(config))
+        for source, destination in MODEL_SOURCES[name][target]:
+            (version / destination).write_text(sources.joinpath(source).read_text())
+    (staging / ENSEMBLE_MODEL / LABELS_FILE).write_text("".join(f"{label}\n" for label in description.labels))
+    shutil.copyfile(artifact, staging / CLASSIFIER_MODEL / "1" / MODEL_FILE)
+    (staging / CLASSIFIER_MODEL / "1" / PROVENANCE_FILE).write_text(provenance.to_json())
+    _replace(staging, output)
+
+
+def _replace(staging: Path, output: Path) -> None:
+    """Swap model by model, leaving anything else in `output` (a README, other models) alone."""
+    output.mkdir(parents=True, exist_ok=True)
+    for model in sorted(MODEL_SOURCES):
+        shutil.rmtree(output / model, ignore_errors=True)
+        (staging / model).rename(output / model)
+    shutil.rmtree(staging)

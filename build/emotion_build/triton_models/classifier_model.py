@@ -1,0 +1,49 @@
+"""Triton Python-backend model `classifier` for CPU servers without the libtorch backend.
+
+It loads the very model.pt that `platform: "pytorch_libtorch"` serves on GPU and feeds it the
+same ragged batch that backend would build, so CPU and GPU serve one artifact.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from typing import Any
+
+import numpy as np
+import torch
+import triton_python_backend_utils as pb_utils  # provided by Triton's Python-backend stub
+from ragged import concatenate, split_rows  # copied beside this file
+
+
+class TritonPythonModel:
+    def initialize(self, args: dict[str, str]) -> None:
+        config = json.loads(args["model_config"])
+        parameters = {key: value["string_value"] for key, value in config["parameters"].items()}
+        threads = int(parameters.get("intra_op_threads", "0"))
+        if threads > 0:
+            torch.set_num_threads(threads)
+        self.input_name = config["input"][0]["name"]
+        self.output_names = [output["name"] for output in config["output"]]
+        path = os.path.join(args["model_repository"], args["model_version"], "model.pt")
+        self.model = torch.jit.load(path, map_location="cpu").eval()  # type: ignore[no-untyped-call]
+
+    def execute(self, requests: list[Any]) -> list[Any]:
+        clips = [pb_utils.get_input_tensor_by_name(request, self.input_name).as_numpy() for request in requests]
+        flat, ends = concatenate(clips)
+        try:
+            with torch.inference_mode():
+                outputs = self.model(torch.from_numpy(flat), torch.from_numpy(ends))
+        except RuntimeError as error:
+            message = f"classifier failed on a batch of {len(requests)}: {error}"
+            return [pb_utils.InferenceResponse(error=pb_utils.TritonError(message)) for _ in requests]
+        rows = [split_rows(np.ascontiguousarray(output.numpy()), len(requests)) for output in outputs]
+        return [
+            pb_utils.InferenceResponse(
+                output_tensors=[
+                    pb_utils.Tensor(name, per_output[i])
+                    for name, per_output in zip(self.output_names, rows, strict=True)
+                ]
+            )
+            for i in range(len(requests))
+        ]

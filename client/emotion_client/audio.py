@@ -1,0 +1,121 @@
+"""Turn whatever audio a caller holds into the mono float32 signal the model expects.
+
+Done client-side so the server receives exactly one well-formed tensor per clip and bad input
+fails fast with a message that says which argument to fix, before any network round trip.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from typing import TypeAlias
+
+import numpy as np
+import numpy.typing as npt
+import soundfile  # type: ignore[import-untyped, unused-ignore]
+import soxr  # type: ignore[import-untyped, unused-ignore]
+
+from .errors import InvalidAudioError
+
+__all__ = ["AudioSource", "load_audio"]
+
+_LOGGER = logging.getLogger(__name__)
+
+AudioSource: TypeAlias = npt.NDArray[np.generic] | str | os.PathLike[str]
+"""A 1-D (or ``(frames, channels)``) sample array, or the path of a file soundfile can read."""
+
+
+def load_audio(
+    source: AudioSource,
+    *,
+    sample_rate: int | None,
+    target_rate: int,
+) -> npt.NDArray[np.float32]:
+    """Return ``source`` as a mono float32 array in [-1, 1] sampled at ``target_rate``.
+
+    ``sample_rate`` describes an array source; a file's own header rate always wins, since the
+    caller may not know it. Resampling happens only when the rates differ, to avoid needless
+    filtering of audio already at the model's rate.
+    """
+    if target_rate <= 0:
+        raise InvalidAudioError(f"target_rate must be a positive number of Hz, got {target_rate}")
+    if isinstance(source, (str, os.PathLike)):
+        samples: npt.NDArray[np.generic]
+        samples, rate = _read_file(source)
+        what = f"audio file '{os.fspath(source)}'"
+    elif isinstance(source, np.ndarray):
+        if sample_rate is None:
+            raise InvalidAudioError("sample_rate is required when audio is given as an array")
+        samples, rate = source, sample_rate
+        what = "audio array"
+    else:
+        raise InvalidAudioError(
+            f"audio must be a numpy array or a file path, got {type(source).__name__}; "
+            "wrap lists with numpy.asarray(...)"
+        )
+    if rate <= 0:
+        raise InvalidAudioError(f"sample_rate must be a positive number of Hz, got {rate}")
+    mono = _to_mono_float32(samples, what=what)
+    if rate != target_rate:
+        _LOGGER.debug("resampling %s from %d Hz to %d Hz", what, rate, target_rate)
+        mono = np.asarray(soxr.resample(mono, rate, target_rate, quality="HQ"), dtype=np.float32)
+    return mono
+
+
+def _read_file(path: str | os.PathLike[str]) -> tuple[npt.NDArray[np.float32], int]:
+    """Read a file as (frames, channels) float32, naming the file in every failure."""
+    name = os.fspath(path)
+    if not os.path.exists(name):
+        raise InvalidAudioError(f"audio file not found: '{name}'")
+    if os.path.isdir(name):
+        raise InvalidAudioError(f"audio path is a directory, not a file: '{name}'")
+    if os.path.getsize(name) == 0:
+        raise InvalidAudioError(f"audio file is empty (0 bytes): '{name}'")
+    try:
+        data, rate = soundfile.read(name, dtype="float32", always_2d=True)
+    except (soundfile.LibsndfileError, RuntimeError, OSError) as e:
+        raise InvalidAudioError(
+            f"cannot read audio file '{name}': {e}; "
+            "use a format libsndfile supports (WAV, FLAC, OGG, MP3) or pass a numpy array"
+        ) from e
+    return np.asarray(data, dtype=np.float32), int(rate)
+
+
+def _to_mono_float32(samples: npt.NDArray[np.generic], *, what: str) -> npt.NDArray[np.float32]:
+    """Validate shape and values, scale integer PCM to [-1, 1] and downmix channels by mean."""
+    if samples.ndim not in (1, 2):
+        raise InvalidAudioError(
+            f"{what} must be 1-D (samples) or 2-D (frames, channels), got shape {samples.shape}"
+        )
+    if samples.size == 0:
+        raise InvalidAudioError(f"{what} contains no samples")
+    if samples.ndim == 2 and samples.shape[1] > samples.shape[0]:
+        # More channels than frames is almost surely a (channels, frames) array from
+        # torchaudio/librosa; averaging over the wrong axis would silently garble it.
+        raise InvalidAudioError(
+            f"{what} has shape {samples.shape}, which looks like (channels, frames); "
+            "pass it transposed (audio.T) as (frames, channels)"
+        )
+    floats = _scale_to_float32(samples, what=what)
+    if not np.all(np.isfinite(floats)):
+        raise InvalidAudioError(f"{what} contains NaN or infinite samples")
+    if floats.ndim == 2:
+        floats = floats.mean(axis=1, dtype=np.float32)
+    return np.ascontiguousarray(floats, dtype=np.float32)
+
+
+def _scale_to_float32(samples: npt.NDArray[np.generic], *, what: str) -> npt.NDArray[np.float32]:
+    """Map integer PCM onto [-1, 1] the way soundfile does, so arrays and files agree."""
+    dtype = samples.dtype
+    if np.issubdtype(dtype, np.floating):
+        return samples.astype(np.float32, copy=False)
+    if np.issubdtype(dtype, np.signedinteger):
+        full_scale = float(2 ** (8 * dtype.itemsize - 1))
+        return (samples.astype(np.float64) / full_scale).astype(np.float32)
+    if np.issubdtype(dtype, np.unsignedinteger):
+        # Unsigned PCM (8-bit WAV) is offset binary: the midpoint is silence.
+        half = float(2 ** (8 * dtype.itemsize - 1))
+        return ((samples.astype(np.float64) - half) / half).astype(np.float32)
+    raise InvalidAudioError(
+        f"{what} has dtype {dtype}; use float32/float64 samples in [-1, 1] or integer PCM"
+    )

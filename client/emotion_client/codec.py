@@ -1,0 +1,229 @@
+"""Request/response codec shared by the sync client and any async twin.
+
+Everything that is not I/O lives here as pure functions, so both clients behave identically and
+the whole protocol (config parsing, validation, tensor layout, decoding) is tested without a
+server. The clients only send what these functions build and hand back what they decode.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Mapping
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+from tritonclient.grpc import InferInput, InferRequestedOutput  # type: ignore[import-untyped, unused-ignore]
+
+from .audio import AudioSource, load_audio
+from .errors import IncompatibleModelError, InvalidAudioError, ServerError
+from .results import Classification, LabelScore, ModelInfo
+
+__all__ = [
+    "build_inputs",
+    "build_outputs",
+    "decode_classification",
+    "parse_model_info",
+    "prepare_audio",
+    "validate_duration",
+    "validate_timeout_s",
+    "validate_top_k",
+]
+
+_AUDIO_DATATYPE = "FP32"
+"""Wire dtype of the audio tensor; the ensemble declares TYPE_FP32."""
+
+
+def parse_model_info(config: Mapping[str, Any], *, model_name: str) -> ModelInfo:
+    """Read the ensemble's self-description from ``get_model_config(..., as_json=True)``.
+
+    Labels, rate and tensor names come from the server so that retraining or renaming on the
+    server never requires a client release. Accepts the response (``{"config": {...}}``) or the
+    bare config.
+    """
+    body = config.get("config", config)
+    if not isinstance(body, Mapping):
+        raise IncompatibleModelError(f"model '{model_name}' returned a malformed config")
+    raw_params = body.get("parameters", {})
+    params: Mapping[str, Any] = raw_params if isinstance(raw_params, Mapping) else {}
+
+    def param(key: str) -> str:
+        entry = params.get(key)
+        value = entry.get("string_value") if isinstance(entry, Mapping) else None
+        if not isinstance(value, str):
+            raise IncompatibleModelError(
+                f"model '{model_name}' is not an emotion ensemble: missing parameter '{key}'"
+            )
+        return value
+
+    labels = _parse_labels(param("labels"), model_name)
+    sample_rate_text = param("sample_rate")
+    try:
+        sample_rate = int(sample_rate_text)
+    except ValueError:
+        raise _invalid(model_name, "sample_rate", "a positive integer", sample_rate_text) from None
+    if sample_rate <= 0:
+        raise _invalid(model_name, "sample_rate", "a positive integer", sample_rate_text)
+    min_duration_s = _parse_seconds(model_name, "min_duration_s", param("min_duration_s"))
+    max_duration_s = _parse_seconds(model_name, "max_duration_s", param("max_duration_s"))
+    if max_duration_s <= min_duration_s:
+        expected = f"a value above min_duration_s={min_duration_s:g}"
+        raise _invalid(model_name, "max_duration_s", expected, str(max_duration_s))
+    untrained_text = param("untrained")
+    if untrained_text.strip().lower() not in ("true", "false"):
+        raise _invalid(model_name, "untrained", "'true' or 'false'", untrained_text)
+
+    info = ModelInfo(
+        model_name=model_name,
+        labels=labels,
+        sample_rate=sample_rate,
+        audio_input=param("audio_input"),
+        probabilities_output=param("probabilities_output"),
+        logits_output=param("logits_output"),
+        min_duration_s=min_duration_s,
+        max_duration_s=max_duration_s,
+        untrained=untrained_text.strip().lower() == "true",
+    )
+    _check_declared(body, "input", (info.audio_input,), model_name)
+    _check_declared(body, "output", (info.probabilities_output, info.logits_output), model_name)
+    return info
+
+
+def _invalid(model_name: str, key: str, expected: str, value: str) -> IncompatibleModelError:
+    return IncompatibleModelError(
+        f"model '{model_name}' has an invalid parameter '{key}': expected {expected}, got {value!r}"
+    )
+
+
+def _parse_labels(text: str, model_name: str) -> tuple[str, ...]:
+    """Decode the JSON label list, rejecting anything that would misalign scores and labels."""
+    expected = "a JSON list of distinct non-empty strings"
+    try:
+        decoded = json.loads(text)
+    except json.JSONDecodeError:
+        raise _invalid(model_name, "labels", expected, text) from None
+    if (
+        not isinstance(decoded, list)
+        or not decoded
+        or not all(isinstance(label, str) and label for label in decoded)
+        or len(set(decoded)) != len(decoded)
+    ):
+        raise _invalid(model_name, "labels", expected, text)
+    return tuple(decoded)
+
+
+def _parse_seconds(model_name: str, key: str, text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise _invalid(model_name, key, "a number of seconds", text) from None
+    if math.isnan(value) or value < 0:
+        raise _invalid(model_name, key, "a non-negative number of seconds", text)
+    return value
+
+
+def _check_declared(body: Mapping[str, Any], kind: str, names: tuple[str, ...], model_name: str) -> None:
+    """Catch a parameter naming a tensor the model does not have before any request is sent."""
+    tensors = body.get(kind)
+    if not isinstance(tensors, list):
+        return  # Older servers may omit the list; the server still validates each request.
+    declared = {t.get("name") for t in tensors if isinstance(t, Mapping)}
+    for name in names:
+        if name not in declared:
+            raise IncompatibleModelError(
+                f"model '{model_name}' names {kind} '{name}' in its parameters but declares only "
+                f"{sorted(str(d) for d in declared)}"
+            )
+
+
+def validate_top_k(top_k: int | None) -> None:
+    """Reject a bad ``top_k`` before audio is loaded or anything is sent."""
+    if top_k is None:
+        return
+    if isinstance(top_k, bool) or not isinstance(top_k, int) or top_k < 1:
+        raise ValueError(f"top_k must be None (all classes) or an integer >= 1, got {top_k!r}")
+
+
+def validate_timeout_s(timeout_s: float | None) -> None:
+    """Reject non-positive deadlines, which gRPC would turn into an immediate, confusing timeout."""
+    if timeout_s is None:
+        return
+    if not (isinstance(timeout_s, (int, float)) and math.isfinite(timeout_s) and timeout_s > 0):
+        raise ValueError(f"timeout_s must be a positive number of seconds, got {timeout_s!r}")
+
+
+def validate_duration(n_samples: int, info: ModelInfo) -> None:
+    """Fail before sending a clip the server would reject, naming the limit that was crossed.
+
+    Limits are compared in samples, rounded the way the server rounds them, so a clip the
+    server would accept is never refused here because of float error in seconds.
+    """
+    min_samples = max(1, round(info.min_duration_s * info.sample_rate))
+    max_samples = round(info.max_duration_s * info.sample_rate)
+    duration_s = n_samples / info.sample_rate
+    if n_samples < min_samples:
+        raise InvalidAudioError(
+            f"audio is {duration_s:.3f} s long, shorter than the minimum of {info.min_duration_s:g} s "
+            f"(min_duration_s) of model '{info.model_name}'"
+        )
+    if n_samples > max_samples:
+        raise InvalidAudioError(
+            f"audio is {duration_s:.3f} s long, longer than the maximum of {info.max_duration_s:g} s "
+            f"(max_duration_s) of model '{info.model_name}'; split it into shorter clips"
+        )
+
+
+def prepare_audio(audio: AudioSource, sample_rate: int | None, info: ModelInfo) -> npt.NDArray[np.float32]:
+    """Load, convert and length-check one clip exactly as the model needs it."""
+    samples = load_audio(audio, sample_rate=sample_rate, target_rate=info.sample_rate)
+    validate_duration(samples.shape[0], info)
+    return samples
+
+
+def build_inputs(samples: npt.NDArray[np.float32], info: ModelInfo) -> list[InferInput]:
+    """Wrap one mono clip as the ensemble's ``[1, n_samples]`` FP32 input (batch of one)."""
+    if samples.ndim != 1:
+        raise InvalidAudioError(f"expected 1-D samples, got shape {samples.shape}; use prepare_audio first")
+    batch = np.ascontiguousarray(samples, dtype=np.float32)[np.newaxis, :]
+    tensor = InferInput(info.audio_input, list(batch.shape), _AUDIO_DATATYPE)
+    tensor.set_data_from_numpy(batch)
+    return [tensor]
+
+
+def build_outputs(info: ModelInfo) -> list[InferRequestedOutput]:
+    """Request only the probabilities, so logits are not shipped back for nothing."""
+    return [InferRequestedOutput(info.probabilities_output)]
+
+
+def decode_classification(
+    probabilities: npt.NDArray[Any] | None,
+    info: ModelInfo,
+    *,
+    top_k: int | None = None,
+) -> Classification:
+    """Turn the ``[1, n_classes]`` probabilities tensor into a ranked ``Classification``.
+
+    Ties keep class-index order (stable sort) so results are deterministic across runs.
+    """
+    validate_top_k(top_k)
+    if probabilities is None:
+        raise ServerError(f"model '{info.model_name}' returned no '{info.probabilities_output}' output")
+    flat = np.asarray(probabilities, dtype=np.float64).reshape(-1)
+    if flat.shape[0] != info.num_classes:
+        raise ServerError(
+            f"model '{info.model_name}' returned {flat.shape[0]} probabilities "
+            f"(shape {np.shape(probabilities)}) for {info.num_classes} labels"
+        )
+    if not np.all(np.isfinite(flat)):
+        raise ServerError(f"model '{info.model_name}' returned non-finite probabilities")
+    order = np.argsort(-flat, kind="stable")
+    if top_k is not None:
+        order = order[:top_k]
+    scores = tuple(LabelScore(info.labels[i], float(flat[i])) for i in order)
+    return Classification(
+        label=scores[0].label,
+        score=scores[0].score,
+        scores=scores,
+        untrained=info.untrained,
+    )

@@ -1,0 +1,70 @@
+"""Shared fixtures: a tiny random wav2vec2 classifier saved the Hugging Face way, its exported
+repository, and a real tritonserver serving it. Built once per test session."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A checkpoint directory like a hub download, so the export runs the real loading code."""
+    from emotion_build.loading import random_model
+
+    loaded = random_model("tiny", seed=3)
+    directory = tmp_path_factory.mktemp("tiny-model")
+    loaded.model.save_pretrained(directory)
+    loaded.feature_extractor.save_pretrained(directory)
+    return directory
+
+
+@pytest.fixture(scope="session")
+def tiny_repository(tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    output = tmp_path_factory.mktemp("repo") / "model_repository"
+    subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "emotion_build",
+            "export",
+            "--model",
+            str(tiny_model_dir),
+            "--target",
+            "cpu",
+            "--output",
+            str(output),
+            "--max-queue-delay-us",
+            "5000",
+            "--intra-op-threads",
+            "1",
+        ],
+        check=True,
+        env={**os.environ, "HF_HUB_OFFLINE": "1"},
+    )
+    return output
+
+
+@pytest.fixture(scope="session")
+def hf_classifier(tiny_model_dir: Path):  # type: ignore[no-untyped-def]
+    """The eager Hugging Face model and feature extractor every served answer is compared with."""
+    from transformers import Wav2Vec2FeatureExtractor, Wav2Vec2ForSequenceClassification
+
+    model = Wav2Vec2ForSequenceClassification.from_pretrained(tiny_model_dir).eval()
+    extractor = Wav2Vec2FeatureExtractor.from_pretrained(tiny_model_dir)
+    return model, extractor
+
+
+@pytest.fixture(scope="session")
+def triton(tiny_repository: Path) -> Iterator[object]:
+    from emotion_build.server import TritonServer
+
+    with TritonServer(tiny_repository) as server:
+        yield server

@@ -1,0 +1,96 @@
+"""Generated configs are valid Triton ModelConfig messages and say what the description says."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from google.protobuf import text_format
+from tritonclient.grpc import model_config_pb2 as mc
+
+from emotion_build.configs import all_configs, render
+from emotion_build.description import BatchingSettings, ModelDescription
+
+LABELS = ("neu", "hap", "ang", "sad")
+
+
+def parse(text: str) -> mc.ModelConfig:
+    return text_format.Parse(text, mc.ModelConfig())
+
+
+@pytest.mark.parametrize("target", ["gpu", "cpu"])
+def test_rendered_configs_round_trip_through_triton_protobuf(target: str) -> None:
+    description = ModelDescription(labels=LABELS, batching=BatchingSettings(max_batch_size=16, max_queue_delay_us=700))
+    for name, config in all_configs(description, target).items():  # type: ignore[arg-type]
+        parsed = parse(render(config))
+        assert parsed == config
+        assert parsed.name == name
+        assert parsed.max_batch_size == 16
+
+
+def test_gpu_classifier_is_libtorch_with_ragged_batching_on_gpu() -> None:
+    config = all_configs(ModelDescription(labels=LABELS), "gpu")["classifier"]
+    assert config.platform == "pytorch_libtorch"
+    assert config.instance_group[0].kind == mc.ModelInstanceGroup.KIND_GPU
+    assert config.input[0].allow_ragged_batch
+    (batch_input,) = config.batch_input
+    assert batch_input.kind == mc.BatchInput.BATCH_ACCUMULATED_ELEMENT_COUNT
+    assert batch_input.data_type == mc.TYPE_INT32  # core rejects INT64 batch inputs
+    assert list(batch_input.source_input) == [config.input[0].name]
+    # libtorch maps outputs by config order: logits first, as forward() returns them.
+    assert [o.name for o in config.output] == ["logits", "probabilities"]
+    assert config.dynamic_batching.max_queue_delay_microseconds == BatchingSettings().max_queue_delay_us
+
+
+def test_cpu_and_gpu_classifiers_differ_only_in_runtime_and_device() -> None:
+    configs = {t: all_configs(ModelDescription(labels=LABELS), t)["classifier"] for t in ("gpu", "cpu")}
+    for config in configs.values():
+        config.ClearField("platform")
+        config.ClearField("backend")
+        config.ClearField("parameters")
+        for group in config.instance_group:
+            group.ClearField("kind")
+    assert configs["gpu"] == configs["cpu"]
+
+
+def test_ensemble_carries_labels_and_sdk_parameters() -> None:
+    description = ModelDescription(labels=("calm", "angry"), untrained=True, max_duration_s=12.5)
+    config = all_configs(description, "cpu")["emotion"]
+    assert config.platform == "ensemble"
+    probabilities = next(o for o in config.output if o.name == "probabilities")
+    assert probabilities.label_filename == "labels.txt"
+    assert list(probabilities.dims) == [2]
+    params = {k: v.string_value for k, v in config.parameters.items()}
+    assert params["labels"] == '["calm", "angry"]'
+    assert params["untrained"] == "true"
+    assert float(params["max_duration_s"]) == 12.5
+    assert [step.model_name for step in config.ensemble_scheduling.step] == ["preprocess", "classifier"]
+
+
+def test_exported_repository_configs_parse_and_labels_match(tiny_repository: Path) -> None:
+    configs = {p.parent.name: parse(p.read_text()) for p in tiny_repository.glob("*/config.pbtxt")}
+    assert set(configs) == {"emotion", "preprocess", "classifier"}
+    assert configs["classifier"].backend == "python"
+    labels = (tiny_repository / "emotion" / "labels.txt").read_text().splitlines()
+    assert labels == list(LABELS)
+    assert (tiny_repository / "classifier" / "1" / "model.pt").stat().st_size > 0
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"labels": ()}, "no labels"),
+        ({"labels": ("a", "a")}, "unique"),
+        ({"labels": LABELS, "min_duration_s": 5.0, "max_duration_s": 1.0}, "min_duration_s"),
+        ({"labels": LABELS, "batching": BatchingSettings(max_batch_size=0)}, "max_batch_size"),
+    ],
+)
+def test_description_rejects_inconsistent_settings(kwargs: dict[str, object], message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        ModelDescription(**kwargs)  # type: ignore[arg-type]
+
+
+def test_labels_follow_class_index_not_insertion_order() -> None:
+    assert ModelDescription.labels_from_id2label({"1": "hap", "0": "neu"}) == ("neu", "hap")
+    with pytest.raises(ValueError, match="indices"):
+        ModelDescription.labels_from_id2label({0: "neu", 2: "ang"})

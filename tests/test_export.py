@@ -1,0 +1,125 @@
+"""The traced artifact: parity with eager HF, batch invariance, and the export CLI's failures."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from emotion_build.description import Provenance
+from emotion_build.export import check_parity, trace
+from emotion_build.loading import load_pretrained, random_model
+
+SAMPLE_RATE = 16000
+
+
+@pytest.fixture(scope="module")
+def traced_tiny():  # type: ignore[no-untyped-def]
+    loaded = random_model("tiny", seed=11)
+    return loaded, trace(loaded, SAMPLE_RATE)
+
+
+def test_saved_file_matches_eager_alone_and_batched(traced_tiny, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    from emotion_build.description import BatchingSettings
+    from emotion_build.export import describe
+
+    loaded, scripted = traced_tiny
+    scripted.save(str(tmp_path / "m.pt"))
+    reloaded = torch.jit.load(str(tmp_path / "m.pt"))
+    description = describe(loaded, batching=BatchingSettings(), min_duration_s=0.1, max_duration_s=30)
+    report = check_parity(reloaded, loaded, description, [1600, 4800, 16000, 77777, 160000])
+    print(f"tiny parity: alone {report.max_abs_logit_diff:.2e}, batched {report.batched_max_abs_logit_diff:.2e}")
+    assert report.max_abs_logit_diff <= 1e-4
+    assert report.batched_max_abs_logit_diff <= 1e-4
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_probabilities_do_not_depend_on_batch_neighbours(traced_tiny, seed: int) -> None:  # type: ignore[no-untyped-def]
+    _, scripted = traced_tiny
+    rng = np.random.default_rng(seed)
+    lengths = rng.integers(int(0.3 * SAMPLE_RATE), 15 * SAMPLE_RATE, size=6)
+    clips = [torch.from_numpy(rng.standard_normal(n).astype(np.float32)) for n in lengths]
+    with torch.no_grad():
+        alone = torch.cat([scripted(c, torch.tensor([c.numel()], dtype=torch.int32))[1] for c in clips])
+        order = rng.permutation(len(clips))
+        flat = torch.cat([clips[i] for i in order])
+        ends = torch.tensor(np.cumsum([lengths[i] for i in order]), dtype=torch.int32)
+        _, batched = scripted(flat, ends)
+    drift = (batched - alone[order]).abs().max().item()
+    print(f"seed {seed}: max |Δprob| alone vs mixed batch {drift:.2e}")
+    assert drift <= 1e-5
+
+
+def test_base_architecture_has_95m_parameters() -> None:
+    loaded = random_model("base")
+    parameters = sum(p.numel() for p in loaded.model.parameters())
+    assert 94_000_000 < parameters < 96_000_000
+    config = loaded.model.config
+    assert config.use_weighted_layer_sum and config.classifier_proj_size == 256
+    assert config.feat_extract_norm == "group"
+    assert [config.id2label[i] for i in range(4)] == ["neu", "hap", "ang", "sad"]
+
+
+def test_unreachable_model_fails_with_one_line_naming_the_ways_out(tmp_path: Path) -> None:
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "emotion_build",
+            "export",
+            "--model",
+            "no-such-org/no-such-model",
+            "--output",
+            str(tmp_path / "out"),
+        ],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "HF_HUB_OFFLINE": "1"},
+        timeout=120,
+    )
+    assert result.returncode == 2
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1, result.stderr
+    assert "--model DIR" in lines[0] and "--random-init" in lines[0]
+    assert "Traceback" not in result.stderr
+    assert not (tmp_path / "out").exists()
+
+
+def test_local_directory_loads_and_provenance_is_recorded(tiny_model_dir: Path, tiny_repository: Path) -> None:
+    loaded = load_pretrained(str(tiny_model_dir))
+    assert not loaded.untrained
+    provenance = Provenance.from_json((tiny_repository / "classifier" / "1" / "export.json").read_text())
+    assert provenance.source_model == str(tiny_model_dir)
+    assert provenance.torch_version == torch.__version__
+    assert provenance.max_abs_logit_diff is not None and provenance.max_abs_logit_diff <= 1e-4
+    assert json.loads((tiny_repository / "classifier" / "1" / "export.json").read_text())["untrained"] is False
+
+
+def test_random_init_is_marked_untrained_in_output_and_repository(tmp_path: Path) -> None:
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "emotion_build",
+            "export",
+            "--random-init",
+            "tiny",
+            "--target",
+            "cpu",
+            "--output",
+            str(tmp_path / "repo"),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert result.returncode == 0, result.stderr
+    assert "UNTRAINED" in result.stderr and "UNTRAINED" in result.stdout
+    ensemble = (tmp_path / "repo" / "emotion" / "config.pbtxt").read_text()
+    assert 'key: "untrained"\n  value {\n    string_value: "true"' in ensemble
