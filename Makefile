@@ -7,7 +7,7 @@ APT_PACKAGES := espeak-ng sox libb64-0d libsndfile1
 REPOSITORY ?= model_repository
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: demo test lint typecheck unit setup system-deps repository serve clean
+.PHONY: demo test lint typecheck setup system-deps repository serve bench-drift clean
 
 demo: setup  ## export (real weights when reachable), serve on CPU, classify samples/, stop
 	$(BIN)/python -m emotion_build demo --model-repository $(REPOSITORY) --samples samples
@@ -16,8 +16,8 @@ test: setup lint typecheck  ## install everything, then the whole suite against 
 	$(BIN)/pytest
 
 lint: setup
-	$(BIN)/ruff check build client tests
-	$(BIN)/ruff format --check build client tests
+	$(BIN)/ruff check build client tests benchmarks
+	$(BIN)/ruff format --check build client tests benchmarks
 
 typecheck: setup
 	$(BIN)/mypy build/emotion_build client/emotion_client
@@ -42,6 +42,9 @@ repository: setup  ## the GPU repository for NVIDIA's container (set MODEL=dir o
 
 serve: setup
 	$(BIN)/python -m emotion_build serve --model-repository $(REPOSITORY)
+
+bench-drift: setup  ## how far HF's padded batch moves each clip's answer, next to ours
+	$(BIN)/python benchmarks/batch_drift.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

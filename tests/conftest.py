@@ -41,8 +41,12 @@ def tiny_repository(tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFacto
             "cpu",
             "--output",
             str(output),
+            # Batches fill to CONCURRENCY (8) or wait up to 100 ms for it, so test_batching can show
+            # that mixed lengths batch even on a loaded two-core machine.
+            "--max-batch-size",
+            "8",
             "--max-queue-delay-us",
-            "5000",
+            "100000",
             "--intra-op-threads",
             "1",
         ],

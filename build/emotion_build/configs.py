@@ -73,7 +73,6 @@ def classifier_config(description: ModelDescription, target: Target) -> mc.Model
     )
     _class_outputs(config, description, with_labels=False)
     config.dynamic_batching.max_queue_delay_microseconds = batching.max_queue_delay_us
-    config.dynamic_batching.preferred_batch_size.append(batching.max_batch_size)
     if target == "gpu":
         config.platform = "pytorch_libtorch"
         config.instance_group.add(kind=mc.ModelInstanceGroup.KIND_GPU, count=batching.classifier_instances)
