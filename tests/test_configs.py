@@ -94,3 +94,23 @@ def test_labels_follow_class_index_not_insertion_order() -> None:
     assert ModelDescription.labels_from_id2label({"1": "hap", "0": "neu"}) == ("neu", "hap")
     with pytest.raises(ValueError, match="indices"):
         ModelDescription.labels_from_id2label({0: "neu", 2: "ang"})
+
+
+@pytest.mark.parametrize("target", ["gpu", "cpu"])
+def test_queues_are_bounded_and_reject_and_the_classifier_warms_up(target: str) -> None:
+    description = ModelDescription(labels=LABELS, batching=BatchingSettings(max_queue_size=64, queue_timeout_ms=1500))
+    configs = all_configs(description, target)  # type: ignore[arg-type]
+    for name in ("preprocess", "classifier"):
+        policy = configs[name].dynamic_batching.default_queue_policy
+        assert policy.max_queue_size == 64
+        assert policy.timeout_action == mc.ModelQueuePolicy.REJECT
+        assert policy.default_timeout_microseconds == 1_500_000
+    (warmup,) = configs["classifier"].model_warmup
+    assert warmup.count == BatchingSettings().warmup_count
+    assert list(warmup.inputs["waveform"].dims) == [16000]
+    assert warmup.inputs["waveform"].zero_data
+
+
+def test_queue_must_hold_a_batch() -> None:
+    with pytest.raises(ValueError, match="max_queue_size"):
+        ModelDescription(labels=LABELS, batching=BatchingSettings(max_batch_size=32, max_queue_size=8))

@@ -41,12 +41,32 @@ def _class_outputs(config: mc.ModelConfig, description: ModelDescription, *, wit
             output.label_filename = LABELS_FILE
 
 
+def _queue_policy(config: mc.ModelConfig, description: ModelDescription) -> None:
+    """Bounded queues with REJECT: overload answers fast with UNAVAILABLE instead of growing latency."""
+    policy = config.dynamic_batching.default_queue_policy
+    policy.max_queue_size = description.batching.max_queue_size
+    policy.timeout_action = mc.ModelQueuePolicy.REJECT
+    policy.default_timeout_microseconds = description.batching.queue_timeout_ms * 1000
+    policy.allow_timeout_override = True
+
+
+def _warmup(config: mc.ModelConfig, description: ModelDescription, input_name: str) -> None:
+    """A zero clip of one second is valid input for both models (silence normalises to zeros)."""
+    if description.batching.warmup_count < 1:
+        return
+    warmup = config.model_warmup.add(name="one_second_clip", batch_size=1, count=description.batching.warmup_count)
+    warmup.inputs[input_name].data_type = mc.TYPE_FP32
+    warmup.inputs[input_name].dims.append(description.sample_rate)
+    warmup.inputs[input_name].zero_data = True
+
+
 def preprocess_config(description: ModelDescription) -> mc.ModelConfig:
     batching = description.batching
     config = mc.ModelConfig(name=PREPROCESS_MODEL, backend="python", max_batch_size=batching.max_batch_size)
     config.input.add(name=AUDIO_INPUT, data_type=mc.TYPE_FP32, dims=[-1], allow_ragged_batch=True)
     config.output.add(name=WAVEFORM, data_type=mc.TYPE_FP32, dims=[-1])
     config.dynamic_batching.max_queue_delay_microseconds = 0
+    _queue_policy(config, description)
     config.instance_group.add(kind=mc.ModelInstanceGroup.KIND_CPU, count=batching.preprocess_instances)
     _parameters(
         config,
@@ -73,6 +93,8 @@ def classifier_config(description: ModelDescription, target: Target) -> mc.Model
     )
     _class_outputs(config, description, with_labels=False)
     config.dynamic_batching.max_queue_delay_microseconds = batching.max_queue_delay_us
+    _queue_policy(config, description)
+    _warmup(config, description, WAVEFORM)
     if target == "gpu":
         config.platform = "pytorch_libtorch"
         config.instance_group.add(kind=mc.ModelInstanceGroup.KIND_GPU, count=batching.classifier_instances)

@@ -57,6 +57,12 @@ class BatchingSettings:
     preprocess_instances: int = 2
     intra_op_threads: int = 0
     """Torch intra-op threads of the CPU runner; 0 lets torch decide."""
+    max_queue_size: int = 256
+    """Requests a model may hold waiting; beyond it Triton rejects at once instead of queueing without bound."""
+    queue_timeout_ms: int = 10_000
+    """A request still queued after this long is rejected (clients may ask for less with a timeout)."""
+    warmup_count: int = 2
+    """Runs of a 1 s clip at load time: TorchScript's profiling executor optimises on its first runs."""
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -107,6 +113,11 @@ class ModelDescription:
             )
         if self.batching.max_batch_size < 1:
             raise ValueError(f"max_batch_size must be >= 1, got {self.batching.max_batch_size}")
+        if self.batching.max_queue_size < self.batching.max_batch_size:
+            raise ValueError(
+                f"max_queue_size ({self.batching.max_queue_size}) must hold at least one batch "
+                f"(max_batch_size {self.batching.max_batch_size})"
+            )
 
     @property
     def min_samples(self) -> int:
