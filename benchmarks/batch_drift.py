@@ -79,7 +79,7 @@ def main() -> None:
         hf_masked = torch.softmax(model(masked.input_values, attention_mask=masked.attention_mask).logits, -1)
         normalised = [normalise(c, do_normalize=bool(extractor.do_normalize)) for c in clips]
         ends = torch.tensor(np.cumsum([c.size for c in normalised]), dtype=torch.int32)
-        _, ours = scripted(torch.from_numpy(np.concatenate(normalised)), ends)
+        ours = scripted(torch.from_numpy(np.concatenate(normalised)), ends)[1]
 
     rows = []
     for i, seconds in enumerate(args.lengths_s):

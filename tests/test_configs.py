@@ -38,7 +38,8 @@ def test_gpu_classifier_is_libtorch_with_ragged_batching_on_gpu() -> None:
     assert batch_input.data_type == mc.TYPE_INT32  # core rejects INT64 batch inputs
     assert list(batch_input.source_input) == [config.input[0].name]
     # libtorch maps outputs by config order: logits first, as forward() returns them.
-    assert [o.name for o in config.output] == ["logits", "probabilities"]
+    assert [o.name for o in config.output] == ["logits", "probabilities", "embedding"]
+    assert list(config.output[2].dims) == [ModelDescription(labels=LABELS).embedding_size]
     assert config.dynamic_batching.max_queue_delay_microseconds == BatchingSettings().max_queue_delay_us
 
 

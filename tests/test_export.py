@@ -40,20 +40,26 @@ def test_saved_file_matches_eager_alone_and_batched(traced_tiny, tmp_path: Path)
 
 
 @pytest.mark.parametrize("seed", [0, 1, 2])
-def test_probabilities_do_not_depend_on_batch_neighbours(traced_tiny, seed: int) -> None:  # type: ignore[no-untyped-def]
-    _, scripted = traced_tiny
+def test_outputs_do_not_depend_on_batch_neighbours(traced_tiny, seed: int) -> None:  # type: ignore[no-untyped-def]
+    loaded, scripted = traced_tiny
     rng = np.random.default_rng(seed)
     lengths = rng.integers(int(0.3 * SAMPLE_RATE), 15 * SAMPLE_RATE, size=6)
     clips = [torch.from_numpy(rng.standard_normal(n).astype(np.float32)) for n in lengths]
     with torch.no_grad():
-        alone = torch.cat([scripted(c, torch.tensor([c.numel()], dtype=torch.int32))[1] for c in clips])
+        alone = [scripted(c, torch.tensor([c.numel()], dtype=torch.int32)) for c in clips]
         order = rng.permutation(len(clips))
         flat = torch.cat([clips[i] for i in order])
         ends = torch.tensor(np.cumsum([lengths[i] for i in order]), dtype=torch.int32)
-        _, batched = scripted(flat, ends)
-    drift = (batched - alone[order]).abs().max().item()
-    print(f"seed {seed}: max |Δprob| alone vs mixed batch {drift:.2e}")
-    assert drift <= 1e-5
+        batched = scripted(flat, ends)
+    for name, index in (("probabilities", 1), ("embedding", 2)):
+        reference = torch.cat([alone[i][index] for i in order])
+        drift = (batched[index] - reference).abs().max().item()
+        print(f"seed {seed}: max |Δ{name}| alone vs mixed batch {drift:.2e}")
+        assert drift <= 1e-5
+    embedding = batched[2]
+    assert embedding.shape == (len(clips), loaded.model.config.classifier_proj_size)
+    # The embedding is what the classifier head reads: logits = classifier(embedding).
+    torch.testing.assert_close(loaded.model.classifier(embedding), batched[0], rtol=1e-5, atol=1e-5)
 
 
 def test_base_architecture_has_95m_parameters() -> None:

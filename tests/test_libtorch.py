@@ -136,7 +136,7 @@ def test_libtorch_output_matches_python(run_model_binary: Path, tiny_repository:
     torch.set_num_threads(1)
     try:
         with torch.inference_mode():
-            py_logits, py_probabilities = module(torch.from_numpy(waveform), torch.from_numpy(ends))
+            py_logits, py_probabilities, _ = module(torch.from_numpy(waveform), torch.from_numpy(ends))
     finally:
         torch.set_num_threads(threads)
     py_logits, py_probabilities = py_logits.numpy(), py_probabilities.numpy()

@@ -1,4 +1,5 @@
-"""The module that gets traced: a ragged batch of waveforms in, per-clip logits and probabilities out.
+"""The module that gets traced: a ragged batch of waveforms in; per-clip logits, probabilities and
+pooled embedding out.
 
 Triton's ragged batching hands the classifier every clip of a batch concatenated into one flat
 tensor plus the accumulated sample counts (where each clip ends). wav2vec2-base's answer changes
@@ -57,7 +58,7 @@ class RaggedEmotionClassifier(nn.Module):
             lengths = torch.div(lengths - kernel, stride, rounding_mode="floor") + 1
         return lengths
 
-    def forward(self, waveform: Tensor, waveform_ends: Tensor) -> tuple[Tensor, Tensor]:
+    def forward(self, waveform: Tensor, waveform_ends: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         padded, lengths = pad_ragged(waveform, waveform_ends)
         features = self._conv_features(padded, lengths)
         frames = self.frame_lengths(lengths)
@@ -83,7 +84,7 @@ class RaggedEmotionClassifier(nn.Module):
         valid = frame_valid.unsqueeze(-1).to(projected.dtype)
         pooled = (projected * valid).sum(dim=1) / valid.sum(dim=1)
         logits = self.classifier(pooled)
-        return logits, nn.functional.softmax(logits.float(), dim=-1).to(logits.dtype)
+        return logits, nn.functional.softmax(logits.float(), dim=-1).to(logits.dtype), pooled
 
     def _conv_features(self, padded: Tensor, lengths: Tensor) -> Tensor:
         """Conv stack with the first layer's group norm taken over each clip's valid frames only.

@@ -12,9 +12,10 @@ from tritonclient.grpc import model_config_pb2 as mc
 from .description import (
     AUDIO_INPUT,
     CLASSIFIER_MODEL,
+    CLASSIFIER_OUTPUTS,
+    EMBEDDING_OUTPUT,
     ENSEMBLE_MODEL,
     LABELS_FILE,
-    LOGITS_OUTPUT,
     PREPROCESS_MODEL,
     PROBABILITIES_OUTPUT,
     WAVEFORM,
@@ -35,8 +36,9 @@ def _parameters(config: mc.ModelConfig, values: dict[str, str]) -> None:
 
 
 def _class_outputs(config: mc.ModelConfig, description: ModelDescription, *, with_labels: bool) -> None:
-    for name in (LOGITS_OUTPUT, PROBABILITIES_OUTPUT):
-        output = config.output.add(name=name, data_type=mc.TYPE_FP32, dims=[len(description.labels)])
+    for name in CLASSIFIER_OUTPUTS:
+        width = description.embedding_size if name == EMBEDDING_OUTPUT else len(description.labels)
+        output = config.output.add(name=name, data_type=mc.TYPE_FP32, dims=[width])
         if with_labels and name == PROBABILITIES_OUTPUT:
             output.label_filename = LABELS_FILE
 
@@ -119,7 +121,7 @@ def ensemble_config(description: ModelDescription) -> mc.ModelConfig:
     preprocess.output_map[WAVEFORM] = _ENSEMBLE_WAVEFORM
     classifier = config.ensemble_scheduling.step.add(model_name=CLASSIFIER_MODEL, model_version=-1)
     classifier.input_map[WAVEFORM] = _ENSEMBLE_WAVEFORM
-    for name in (LOGITS_OUTPUT, PROBABILITIES_OUTPUT):
+    for name in CLASSIFIER_OUTPUTS:
         classifier.output_map[name] = name
     _parameters(config, ensemble_parameters(description))
     return config

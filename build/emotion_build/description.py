@@ -15,6 +15,8 @@ from typing import Literal
 __all__ = [
     "AUDIO_INPUT",
     "CLASSIFIER_MODEL",
+    "CLASSIFIER_OUTPUTS",
+    "EMBEDDING_OUTPUT",
     "ENSEMBLE_MODEL",
     "LOGITS_OUTPUT",
     "PREPROCESS_MODEL",
@@ -41,6 +43,10 @@ WAVEFORM_ENDS = "waveform_ends"
 """Classifier batch input: accumulated sample counts, i.e. where each clip of the flat batch ends."""
 LOGITS_OUTPUT = "logits"
 PROBABILITIES_OUTPUT = "probabilities"
+EMBEDDING_OUTPUT = "embedding"
+"""The pooled projector output (the utterance embedding the classifier head reads); batch-invariant too."""
+CLASSIFIER_OUTPUTS = (LOGITS_OUTPUT, PROBABILITIES_OUTPUT, EMBEDDING_OUTPUT)
+"""In the order the TorchScript forward() returns them: libtorch maps outputs by config order."""
 
 LABELS_FILE = "labels.txt"
 MODEL_FILE = "model.pt"
@@ -91,6 +97,8 @@ class ModelDescription:
     """What the build learnt from the Hugging Face model and what the operator chose."""
 
     labels: tuple[str, ...]
+    embedding_size: int = 256
+    """Width of the pooled utterance embedding (the model's `classifier_proj_size`)."""
     sample_rate: int = 16000
     do_normalize: bool = True
     min_duration_s: float = 0.1
@@ -144,6 +152,7 @@ def ensemble_parameters(description: ModelDescription) -> dict[str, str]:
         "audio_input": AUDIO_INPUT,
         "probabilities_output": PROBABILITIES_OUTPUT,
         "logits_output": LOGITS_OUTPUT,
+        "embedding_output": EMBEDDING_OUTPUT,
         "min_duration_s": repr(description.min_duration_s),
         "max_duration_s": repr(description.max_duration_s),
         "untrained": "true" if description.untrained else "false",

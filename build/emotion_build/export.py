@@ -61,6 +61,7 @@ def describe(
         max_duration_s=max_duration_s,
         batching=batching,
         untrained=loaded.untrained,
+        embedding_size=int(loaded.model.config.classifier_proj_size),
     )
 
 
@@ -92,11 +93,11 @@ def check_parity(
         for clip in clips:
             eager = loaded.model(input_values=torch.from_numpy(clip)[None]).logits[0]
             eager_logits.append(eager)
-            traced, _ = scripted(torch.from_numpy(clip), torch.tensor([clip.size], dtype=torch.int32))
+            traced = scripted(torch.from_numpy(clip), torch.tensor([clip.size], dtype=torch.int32))[0]
             alone.append(float((traced[0] - eager).abs().max()))
         flat = torch.from_numpy(np.concatenate(clips))
         ends = torch.tensor(np.cumsum(lengths), dtype=torch.int32)
-        batched, _ = scripted(flat, ends)
+        batched = scripted(flat, ends)[0]
     batch_diff = max(float((batched[i] - eager_logits[i]).abs().max()) for i in range(len(clips)))
     return ParityReport(tuple(int(n) for n in lengths), max(alone), batch_diff)
 

@@ -87,7 +87,7 @@ int main(int argc, char** argv) {
     torch::InferenceMode guard;
     const c10::IValue result = module.forward({waveform, ends});
     const auto outputs = result.toTuple();
-    if (outputs->elements().size() != 2) throw std::runtime_error("model must return (logits, probabilities)");
+    if (outputs->elements().size() < 2) throw std::runtime_error("model must return (logits, probabilities, ...)");
     write_output(argv[3], outputs->elements()[0].toTensor(), outputs->elements()[1].toTensor());
   } catch (const c10::Error& error) {
     std::cerr << "run_model: failed to load or run " << argv[1] << ": " << error.what_without_backtrace() << "\n";
