@@ -624,12 +624,6 @@ def test_metric_names_and_models_exist_in_a_real_tritonserver(
 # ------------------------------------------------------------- what only a GPU would otherwise show
 
 
-@pytest.mark.xfail(
-    reason="known: torch.jit.trace bakes device=cpu into the arange calls of RaggedEmotionClassifier "
-    "(_conv_features, forward), so libtorch on KIND_GPU would mix CPU and CUDA tensors; build/ must "
-    "create those masks on the input's device in scripted code, as pad_ragged does",
-    strict=False,
-)
 def test_gpu_model_carries_no_cpu_device_constants(export_stage: Path) -> None:
     """libtorch moves parameters to the instance's GPU, but not what tracing froze into the code: a
     `torch.device("cpu")` argument, or a tensor constant with dimensions (0-d ones mix with CUDA)."""

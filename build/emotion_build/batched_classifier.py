@@ -15,7 +15,7 @@ import torch
 from torch import Tensor, nn
 from transformers import Wav2Vec2ForSequenceClassification
 
-__all__ = ["RaggedEmotionClassifier", "pad_ragged"]
+__all__ = ["RaggedEmotionClassifier", "pad_ragged", "valid_mask"]
 
 
 @torch.jit.script
@@ -31,6 +31,17 @@ def pad_ragged(flat: Tensor, ends: Tensor) -> tuple[Tensor, Tensor]:
     index = (starts.unsqueeze(1) + offsets.unsqueeze(0)).clamp(max=flat.numel() - 1)
     padded = torch.where(valid, flat[index], torch.zeros((1, 1), dtype=flat.dtype, device=flat.device))
     return padded, lengths
+
+
+@torch.jit.script
+def valid_mask(steps: Tensor, lengths: Tensor) -> Tensor:
+    """[batch, time] True where a step is inside its clip.
+
+    Scripted so the mask is made on the device of the data at run time: traced code would freeze
+    `device=cpu` into the file, and libtorch on a GPU instance would then mix CPU and CUDA tensors.
+    """
+    positions = torch.arange(steps.shape[-1], device=steps.device)
+    return positions.unsqueeze(0) < lengths.unsqueeze(1)
 
 
 class RaggedEmotionClassifier(nn.Module):
@@ -62,7 +73,7 @@ class RaggedEmotionClassifier(nn.Module):
         padded, lengths = pad_ragged(waveform, waveform_ends)
         features = self._conv_features(padded, lengths)
         frames = self.frame_lengths(lengths)
-        frame_valid = torch.arange(features.shape[1], device=features.device).unsqueeze(0) < frames.unsqueeze(1)
+        frame_valid = valid_mask(features.transpose(1, 2), frames)
 
         hidden, _ = self.feature_projection(features)
         hidden = hidden * frame_valid.unsqueeze(-1).to(hidden.dtype)
@@ -98,8 +109,7 @@ class RaggedEmotionClassifier(nn.Module):
                 hidden = conv_layer.conv(hidden)  # type: ignore[operator]
                 kernel, stride = self.conv_geometry[0]
                 valid_frames = torch.div(lengths - kernel, stride, rounding_mode="floor") + 1
-                mask = torch.arange(hidden.shape[-1], device=hidden.device).unsqueeze(0) < valid_frames.unsqueeze(1)
-                mask = mask.unsqueeze(1).to(hidden.dtype)
+                mask = valid_mask(hidden, valid_frames).unsqueeze(1).to(hidden.dtype)
                 count = mask.sum(dim=-1, keepdim=True)
                 mean = (hidden * mask).sum(dim=-1, keepdim=True) / count
                 centred = hidden - mean
