@@ -1,33 +1,58 @@
 """Python client for the speech emotion recognition ensemble served by NVIDIA Triton.
 
-Only the public surface is exported here; ``emotion_client.audio`` and ``emotion_client.codec``
-stay importable for callers (and an async twin) that need the lower-level pieces.
+Only the public surface is exported here; ``emotion_client.audio``, ``emotion_client.codec``,
+``emotion_client.connection`` and ``emotion_client.retry`` stay importable for callers that need
+the lower-level pieces.
 """
 
+from .aio import AsyncEmotionClient
 from .client import EmotionClient
+from .connection import TLSConfig
 from .errors import (
+    AuthenticationError,
     EmotionClientError,
     IncompatibleModelError,
     InvalidAudioError,
     ModelNotReadyError,
     RequestTimeoutError,
+    ServerBusyError,
     ServerError,
     ServerUnavailableError,
+    TLSError,
     TransportError,
 )
-from .results import Classification, LabelScore, ModelInfo
+from .results import (
+    BatchItem,
+    BatchProgress,
+    Classification,
+    EndpointHealth,
+    LabelScore,
+    ModelInfo,
+    ProgressCallback,
+)
+from .retry import RetryPolicy
 
 __all__ = [
+    "AsyncEmotionClient",
+    "AuthenticationError",
+    "BatchItem",
+    "BatchProgress",
     "Classification",
     "EmotionClient",
     "EmotionClientError",
+    "EndpointHealth",
     "IncompatibleModelError",
     "InvalidAudioError",
     "LabelScore",
     "ModelInfo",
     "ModelNotReadyError",
+    "ProgressCallback",
     "RequestTimeoutError",
+    "RetryPolicy",
+    "ServerBusyError",
     "ServerError",
     "ServerUnavailableError",
+    "TLSConfig",
+    "TLSError",
     "TransportError",
 ]

@@ -1,36 +1,41 @@
-"""Blocking gRPC client: only I/O lives here, everything else is in ``codec``.
-
-Keeping this class thin is what lets an async twin share the codec without duplicating any
-validation, tensor layout or decoding logic.
-"""
+"""Blocking gRPC client: only I/O lives here; settings, retries and mapping are in ``_base``,
+the protocol in ``codec``, shared with the async twin in ``aio``."""
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor, as_completed
 from types import TracebackType
+from typing import Any, TypeVar
 
 import tritonclient.grpc as grpcclient  # type: ignore[import-untyped, unused-ignore]
 from tritonclient.utils import InferenceServerException  # type: ignore[import-untyped, unused-ignore]
 
 from . import codec
+from ._base import BatchCollector, ClientCore, validate_concurrency
 from ._defaults import (
+    DEFAULT_CONCURRENCY,
     DEFAULT_MODEL_NAME,
     DEFAULT_SAMPLE_RATE,
     DEFAULT_TIMEOUT_S,
     DEFAULT_URL,
     LIVENESS_PROBE_TIMEOUT_S,
+    READY_POLL_INTERVAL_S,
+    READY_POLL_MAX_INTERVAL_S,
 )
 from .audio import AudioSource
-from .errors import EmotionClientError, from_triton_error, is_ambiguous_unavailable
-from .results import Classification, ModelInfo
+from .connection import TLSConfig
+from .errors import EmotionClientError, is_ambiguous_unavailable
+from .results import BatchItem, Classification, EndpointHealth, ModelInfo, ProgressCallback
+from .retry import RetryPolicy
 
 __all__ = ["EmotionClient"]
 
 _LOGGER = logging.getLogger(__name__)
+_T = TypeVar("_T")
 
 
 class EmotionClient:
@@ -39,6 +44,16 @@ class EmotionClient:
     The model's labels, sample rate and tensor names are fetched from the server on first use
     and cached, so the client follows whatever model the server deploys. Every failure surfaces
     as an ``EmotionClientError`` subclass; tritonclient exceptions never escape.
+
+    **Connections.** One gRPC channel per endpoint, opened on the first call and reused by every
+    later call until ``close()``; create one client and share it rather than one per request.
+
+    **Several endpoints.** Given several URLs, attempts go round-robin over them, and a retry after
+    ``UNAVAILABLE`` goes to the next one, so a replica that is down costs a retry, not a failure.
+
+    **Thread safety.** All methods may be called from any number of threads at once on one
+    client (``classify_many`` itself uses a thread pool on the shared channels). Closing the
+    client while other threads still call it makes those calls fail with ``EmotionClientError``.
 
     Example::
 
@@ -49,53 +64,80 @@ class EmotionClient:
 
     def __init__(
         self,
-        url: str = DEFAULT_URL,
+        url: str | Sequence[str] = DEFAULT_URL,
         *,
         model_name: str = DEFAULT_MODEL_NAME,
         model_version: str = "",
         timeout_s: float = DEFAULT_TIMEOUT_S,
-        ssl: bool = False,
+        retry: RetryPolicy | None = None,
+        headers: Mapping[str, str] | None = None,
+        tls: TLSConfig | bool | None = None,
         verbose: bool = False,
     ) -> None:
-        """Create the channel lazily; no request is made until the first call.
+        """Validate the settings; channels connect lazily, so no request is made here.
 
-        ``timeout_s`` is the default deadline of every call; ``classify`` can override it.
+        ``url`` is ``"host:port"``, a comma-separated list of them, or a sequence of them.
+        ``timeout_s`` is the default deadline of each attempt; every method can override it.
+        ``retry`` governs resending after ``UNAVAILABLE`` (default ``RetryPolicy()``; ``max_retries=0``
+        turns it off). ``headers`` are sent with every request (e.g. an auth token). ``tls`` is a
+        ``TLSConfig``, ``True`` for TLS with the system's roots, or ``None`` for plaintext.
         ``model_version`` empty lets the server pick per its version policy.
         """
-        codec.validate_timeout_s(timeout_s)
-        self._url = url
-        self._model_name = model_name
-        self._model_version = model_version
-        self._timeout_s = float(timeout_s)
+        self._core = ClientCore(
+            url,
+            model_name=model_name,
+            model_version=model_version,
+            timeout_s=timeout_s,
+            retry=retry,
+            headers=headers,
+            tls=tls,
+            verbose=verbose,
+        )
         self._info: ModelInfo | None = None
         self._info_lock = threading.Lock()
         self._closed = False
-        with self._triton_errors():
-            self._client = grpcclient.InferenceServerClient(url=url, ssl=ssl, verbose=verbose)
+        self._tritons: list[Any] = []
+        try:
+            for endpoint in self._core.urls:
+                self._tritons.append(
+                    grpcclient.InferenceServerClient(url=endpoint, **self._core.triton_kwargs)
+                )
+        except InferenceServerException as e:
+            self.close()
+            raise self._core.map_error(e, len(self._tritons)) from e
 
     @property
     def url(self) -> str:
-        """Server address this client talks to."""
-        return self._url
+        """The first (or only) endpoint this client talks to."""
+        return self._core.urls[0]
+
+    @property
+    def urls(self) -> tuple[str, ...]:
+        """Every endpoint, in round-robin order."""
+        return self._core.urls
 
     @property
     def model_name(self) -> str:
         """Ensemble this client classifies with."""
-        return self._model_name
+        return self._core.model_name
 
-    def model_info(self) -> ModelInfo:
+    def model_info(self, *, timeout_s: float | None = None) -> ModelInfo:
         """Return the ensemble's labels, rate, tensor names and limits, fetched once per client."""
         self._ensure_open()
         with self._info_lock:
             if self._info is None:
-                with self._triton_errors():
-                    config = self._client.get_model_config(
-                        self._model_name,
-                        model_version=self._model_version,
+                core = self._core
+                config = self._call(
+                    lambda triton, deadline_s: triton.get_model_config(
+                        core.model_name,
+                        model_version=core.model_version,
+                        headers=core.headers,
                         as_json=True,
-                        client_timeout=self._timeout_s,
-                    )
-                self._info = codec.parse_model_info(config, model_name=self._model_name)
+                        client_timeout=deadline_s,
+                    ),
+                    timeout_s=timeout_s,
+                )
+                self._info = codec.parse_model_info(config, model_name=core.model_name)
                 _LOGGER.debug("loaded %s", self._info)
             return self._info
 
@@ -113,22 +155,27 @@ class EmotionClient:
         file path, in which case the file's own rate is used and ``sample_rate`` is ignored.
         Audio at another rate than the model's is resampled here, so callers need not know it.
         ``top_k`` limits ``Classification.scores`` to the best ``top_k`` classes (None: all).
-        ``timeout_s`` overrides the client's default deadline for this call only.
+        ``timeout_s`` overrides the client's default deadline of each attempt for this call only.
         """
         codec.validate_top_k(top_k)
         codec.validate_timeout_s(timeout_s)
-        info = self.model_info()
+        info = self.model_info(timeout_s=timeout_s)
         samples = codec.prepare_audio(audio, sample_rate, info)
-        deadline_s = self._timeout_s if timeout_s is None else float(timeout_s)
+        core = self._core
+        inputs = codec.build_inputs(samples, info)
+        outputs = codec.build_outputs(info)
         started = time.perf_counter()
-        with self._triton_errors():
-            response = self._client.infer(
-                self._model_name,
-                codec.build_inputs(samples, info),
-                model_version=self._model_version,
-                outputs=codec.build_outputs(info),
+        response = self._call(
+            lambda triton, deadline_s: triton.infer(
+                core.model_name,
+                inputs,
+                model_version=core.model_version,
+                outputs=outputs,
+                headers=core.headers,
                 client_timeout=deadline_s,
-            )
+            ),
+            timeout_s=timeout_s,
+        )
         _LOGGER.debug(
             "classified %.2f s of audio in %.1f ms",
             samples.shape[0] / info.sample_rate,
@@ -136,30 +183,98 @@ class EmotionClient:
         )
         return codec.decode_classification(response.as_numpy(info.probabilities_output), info, top_k=top_k)
 
+    def classify_many(
+        self,
+        inputs: Iterable[AudioSource],
+        sample_rate: int = DEFAULT_SAMPLE_RATE,
+        *,
+        concurrency: int = DEFAULT_CONCURRENCY,
+        ordered: bool = True,
+        top_k: int | None = None,
+        timeout_s: float | None = None,
+        on_progress: ProgressCallback | None = None,
+    ) -> list[BatchItem]:
+        """Classify many clips with up to ``concurrency`` requests in flight; one ``BatchItem`` each.
+
+        A clip that fails (unreadable file, too short, timed out, ...) gets a ``BatchItem`` with
+        its ``error`` and does not stop the others. The list is in input order, or in completion
+        order when ``ordered`` is False. ``on_progress`` is called in the calling thread once per
+        finished clip, in completion order; an exception it raises cancels the clips not started
+        and propagates. Raises only for bad arguments or when the model cannot be reached at all
+        (checked once before any clip is sent).
+        """
+        sources = list(inputs)
+        codec.validate_top_k(top_k)
+        codec.validate_timeout_s(timeout_s)
+        validate_concurrency(concurrency)
+        collector = BatchCollector(len(sources), ordered=ordered, on_progress=on_progress)
+        if not sources:
+            return []
+        self.model_info(timeout_s=timeout_s)
+
+        def one(index: int, source: AudioSource) -> BatchItem:
+            try:
+                result = self.classify(source, sample_rate, top_k=top_k, timeout_s=timeout_s)
+            except EmotionClientError as e:
+                return BatchItem(index=index, source=source, error=e)
+            return BatchItem(index=index, source=source, result=result)
+
+        if concurrency == 1:
+            for index, source in enumerate(sources):
+                collector.add(one(index, source))
+            return collector.results()
+        with ThreadPoolExecutor(
+            max_workers=min(concurrency, len(sources)), thread_name_prefix="emotion"
+        ) as pool:
+            futures = [pool.submit(one, index, source) for index, source in enumerate(sources)]
+            try:
+                for future in as_completed(futures):
+                    collector.add(future.result())
+            except BaseException:
+                for future in futures:
+                    future.cancel()
+                raise
+        return collector.results()
+
+    def health(self, *, timeout_s: float = LIVENESS_PROBE_TIMEOUT_S) -> tuple[EndpointHealth, ...]:
+        """Ask every endpoint whether the server is live and the model ready; never raises."""
+        codec.validate_timeout_s(timeout_s)
+        return tuple(self._endpoint_health(index, timeout_s) for index in range(len(self._core.urls)))
+
     def is_ready(self) -> bool:
-        """Report whether the model can serve requests now; never raises for a down server.
+        """Report whether the model can serve requests on every endpoint now; never raises.
 
         Meant for health checks and start-up polling, where "no" is an answer, not an error.
         """
-        if self._closed:
-            return False
-        try:
-            return bool(
-                self._client.is_model_ready(
-                    self._model_name,
-                    model_version=self._model_version,
-                    client_timeout=self._timeout_s,
-                )
-            )
-        except InferenceServerException as e:
-            _LOGGER.debug("readiness check of model '%s' failed: %s", self._model_name, e)
-            return False
+        return all(entry.ready for entry in self.health())
+
+    def wait_until_ready(self, timeout_s: float) -> None:
+        """Block until the model is ready on every endpoint, polling with growing pauses.
+
+        Raises ``ServerUnavailableError`` (some endpoint never answered) or ``ModelNotReadyError``
+        (servers up, model not loaded) when ``timeout_s`` passes first; the message names each
+        endpoint and why.
+        """
+        codec.validate_timeout_s(timeout_s)
+        deadline = time.monotonic() + timeout_s
+        interval_s = READY_POLL_INTERVAL_S
+        while True:
+            remaining_s = deadline - time.monotonic()
+            health = self.health(timeout_s=max(min(LIVENESS_PROBE_TIMEOUT_S, remaining_s), 0.01))
+            if all(entry.ready for entry in health):
+                return
+            remaining_s = deadline - time.monotonic()
+            if remaining_s <= 0:
+                raise self._core.not_ready_error(health, timeout_s)
+            time.sleep(min(interval_s, remaining_s))
+            interval_s = min(interval_s * 2, READY_POLL_MAX_INTERVAL_S)
 
     def close(self) -> None:
-        """Release the gRPC channel; safe to call more than once."""
+        """Release every gRPC channel; safe to call more than once."""
         if not self._closed:
             self._closed = True
-            self._client.close()
+            for triton in self._tritons:
+                triton.close()
 
     def __enter__(self) -> EmotionClient:
         return self
@@ -173,27 +288,67 @@ class EmotionClient:
         self.close()
 
     def __repr__(self) -> str:
-        return f"EmotionClient(url={self._url!r}, model_name={self._model_name!r})"
+        return self._core.describe(type(self).__name__)
 
     def _ensure_open(self) -> None:
         if self._closed:
-            raise EmotionClientError("EmotionClient is closed; create a new client")
+            raise EmotionClientError(f"{type(self).__name__} is closed; create a new client")
 
-    @contextlib.contextmanager
-    def _triton_errors(self) -> Iterator[None]:
-        """The single boundary where tritonclient exceptions become this SDK's errors."""
-        try:
-            yield
-        except InferenceServerException as e:
-            server_live = self._probe_liveness() if is_ambiguous_unavailable(e) else None
-            raise from_triton_error(e, model_name=self._model_name, server_live=server_live) from e
+    def _call(self, send: Callable[[Any, float], _T], *, timeout_s: float | None) -> _T:
+        """Send with retries; the single boundary where tritonclient exceptions become this SDK's errors."""
+        self._ensure_open()
+        core = self._core
+        deadline_s = core.deadline_s(timeout_s)
+        attempt = 0
+        while True:
+            endpoint = core.next_endpoint()
+            try:
+                return send(self._tritons[endpoint], deadline_s)
+            except InferenceServerException as e:
+                error = core.map_error(e, endpoint)
+                delay_s = core.retry_delay_s(error, attempt, endpoint)
+                if delay_s is None:
+                    if is_ambiguous_unavailable(e):
+                        error = core.map_error(e, endpoint, server_live=self._probe_liveness(endpoint))
+                    raise error from e
+            except ValueError as e:  # grpc refuses calls on a channel closed by another thread
+                self._ensure_open()
+                raise EmotionClientError(f"request failed on the client side: {e}") from e
+            time.sleep(delay_s)
+            attempt += 1
 
-    def _probe_liveness(self) -> bool:
+    def _probe_liveness(self, endpoint: int) -> bool:
         """Tell "server down" from "model not loaded", which gRPC both report as UNAVAILABLE."""
-        client = getattr(self, "_client", None)
-        if client is None:
-            return False
         try:
-            return bool(client.is_server_live(client_timeout=LIVENESS_PROBE_TIMEOUT_S))
+            return bool(
+                self._tritons[endpoint].is_server_live(
+                    headers=self._core.headers, client_timeout=LIVENESS_PROBE_TIMEOUT_S
+                )
+            )
         except InferenceServerException:
             return False
+
+    def _endpoint_health(self, endpoint: int, timeout_s: float) -> EndpointHealth:
+        url = self._core.urls[endpoint]
+        if self._closed:
+            return EndpointHealth(url=url, live=False, ready=False, error="client is closed")
+        triton, core = self._tritons[endpoint], self._core
+        try:
+            live = bool(triton.is_server_live(headers=core.headers, client_timeout=timeout_s))
+        except InferenceServerException as e:
+            return EndpointHealth(url=url, live=False, ready=False, error=core.health_error(e, endpoint))
+        if not live:
+            return EndpointHealth(url=url, live=False, ready=False, error="server reports it is not live")
+        try:
+            ready = bool(
+                triton.is_model_ready(
+                    core.model_name,
+                    model_version=core.model_version,
+                    headers=core.headers,
+                    client_timeout=timeout_s,
+                )
+            )
+        except InferenceServerException as e:
+            return EndpointHealth(url=url, live=True, ready=False, error=core.health_error(e, endpoint))
+        error = None if ready else f"model '{core.model_name}' is not loaded or not ready"
+        return EndpointHealth(url=url, live=True, ready=ready, error=error)

@@ -2,9 +2,22 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import TypeAlias
 
-__all__ = ["Classification", "LabelScore", "ModelInfo"]
+from .audio import AudioSource
+from .errors import EmotionClientError
+
+__all__ = [
+    "BatchItem",
+    "BatchProgress",
+    "Classification",
+    "EndpointHealth",
+    "LabelScore",
+    "ModelInfo",
+    "ProgressCallback",
+]
 
 
 @dataclass(frozen=True, slots=True)
@@ -58,3 +71,65 @@ class ModelInfo:
     def num_classes(self) -> int:
         """Length of the probabilities vector the server returns."""
         return len(self.labels)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class BatchItem:
+    """The outcome of one input of ``classify_many``: exactly one of ``result`` and ``error`` is set."""
+
+    index: int
+    """Position of the input in the sequence given to ``classify_many``."""
+    source: AudioSource
+    """The input itself (path or array), so results can be matched without keeping the list."""
+    result: Classification | None = None
+    """The classification, or ``None`` when this input failed."""
+    error: EmotionClientError | None = None
+    """Why this input failed (bad file, too short, timeout, ...), or ``None`` when it succeeded."""
+
+    def __post_init__(self) -> None:
+        if (self.result is None) == (self.error is None):
+            raise ValueError("a BatchItem holds exactly one of result and error")
+
+    @property
+    def ok(self) -> bool:
+        """True when the input was classified."""
+        return self.error is None
+
+    def unwrap(self) -> Classification:
+        """Return the classification, or raise the error this input failed with."""
+        if self.error is not None:
+            raise self.error
+        assert self.result is not None
+        return self.result
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class BatchProgress:
+    """Passed to the ``on_progress`` callback of ``classify_many`` each time an input finishes."""
+
+    item: BatchItem
+    """The input that just finished, successfully or not."""
+    done: int
+    """Inputs finished so far, this one included."""
+    failed: int
+    """Inputs among ``done`` that failed."""
+    total: int
+    """Number of inputs in the batch."""
+
+
+ProgressCallback: TypeAlias = Callable[[BatchProgress], None]
+"""Called once per finished input, in completion order, never from two threads at once."""
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class EndpointHealth:
+    """What one endpoint said when asked about the server and the model."""
+
+    url: str
+    """The endpoint, as given to the client."""
+    live: bool
+    """The server answered its liveness check."""
+    ready: bool
+    """The model is loaded and can serve requests on this endpoint."""
+    error: str | None = None
+    """Why the endpoint is not live or not ready, when it said (``None`` when healthy)."""

@@ -1,0 +1,187 @@
+"""Everything the sync and async clients share that is not I/O.
+
+Configuration and its validation, endpoint round-robin, error mapping, the retry decision and
+the bookkeeping of ``classify_many`` live here once; ``EmotionClient`` and ``AsyncEmotionClient``
+only send requests and sleep, each in its own way.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
+
+from tritonclient.utils import InferenceServerException  # type: ignore[import-untyped, unused-ignore]
+
+from . import codec
+from ._defaults import ENDPOINT_COOLDOWN_S
+from .connection import TLSConfig, channel_args, normalize_headers, parse_urls, tls_client_kwargs
+from .errors import (
+    EmotionClientError,
+    ModelNotReadyError,
+    ServerBusyError,
+    ServerUnavailableError,
+    from_triton_error,
+)
+from .results import BatchItem, BatchProgress, EndpointHealth, ProgressCallback
+from .retry import RetryPolicy, backoff_delay_s, is_retryable, should_retry
+
+__all__ = ["BatchCollector", "ClientCore", "validate_concurrency"]
+
+_LOGGER = logging.getLogger("emotion_client")
+
+
+class ClientCore:
+    """The validated settings of one client and the decisions made from them."""
+
+    def __init__(
+        self,
+        url: str | Sequence[str],
+        *,
+        model_name: str,
+        model_version: str,
+        timeout_s: float,
+        retry: RetryPolicy | None,
+        headers: Mapping[str, str] | None,
+        tls: TLSConfig | bool | None,
+        verbose: bool,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        codec.validate_timeout_s(timeout_s)
+        if not isinstance(model_name, str) or not model_name:
+            raise ValueError(f"model_name must be a non-empty string, got {model_name!r}")
+        if not isinstance(model_version, str):
+            raise TypeError(
+                f"model_version must be a string ('' lets the server choose), got {model_version!r}"
+            )
+        if retry is not None and not isinstance(retry, RetryPolicy):
+            raise TypeError(f"retry must be a RetryPolicy or None, got {retry!r}")
+        self.urls = parse_urls(url)
+        self.model_name = model_name
+        self.model_version = model_version
+        self.timeout_s = float(timeout_s)
+        self.retry = retry if retry is not None else RetryPolicy()
+        self.headers = normalize_headers(headers)
+        self.triton_kwargs: dict[str, Any] = {
+            "verbose": verbose,
+            "channel_args": channel_args(),
+            **tls_client_kwargs(tls),
+        }
+        self._clock = clock
+        self._next = 0
+        self._down_until = [0.0] * len(self.urls)
+        self._endpoint_lock = threading.Lock()
+
+    def next_endpoint(self) -> int:
+        """Index of the endpoint for the next attempt; safe from any thread.
+
+        Round-robin over the endpoints, skipping any that failed with ``UNAVAILABLE`` in the last
+        ``ENDPOINT_COOLDOWN_S`` seconds, so a dead replica does not cost every n-th request a
+        retry. When every endpoint is cooling down, plain round-robin: one of them may be back.
+        """
+        with self._endpoint_lock:
+            now = self._clock()
+            count = len(self.urls)
+            for step in range(count):
+                candidate = (self._next + step) % count
+                if self._down_until[candidate] <= now:
+                    break
+            else:
+                candidate = self._next % count
+            self._next = candidate + 1
+            return candidate
+
+    def mark_down(self, endpoint: int) -> None:
+        """Keep ``endpoint`` out of the rotation for a while after it answered ``UNAVAILABLE``."""
+        if len(self.urls) > 1:
+            with self._endpoint_lock:
+                self._down_until[endpoint] = self._clock() + ENDPOINT_COOLDOWN_S
+
+    def deadline_s(self, timeout_s: float | None) -> float:
+        """The deadline of one attempt: the per-call override, else the client's default."""
+        codec.validate_timeout_s(timeout_s)
+        return self.timeout_s if timeout_s is None else float(timeout_s)
+
+    def map_error(
+        self, error: InferenceServerException, endpoint: int, *, server_live: bool | None = None
+    ) -> EmotionClientError:
+        """Translate a tritonclient failure on ``endpoint`` into this SDK's hierarchy."""
+        return from_triton_error(
+            error, model_name=self.model_name, server_live=server_live, url=self.urls[endpoint]
+        )
+
+    def retry_delay_s(self, error: EmotionClientError, attempt: int, endpoint: int) -> float | None:
+        """Seconds to wait before resending after ``error`` ended ``attempt``, or None to give up."""
+        if is_retryable(error) and not isinstance(error, ServerBusyError):
+            # A busy replica is up: steering all its traffic to the others would only move the queue.
+            self.mark_down(endpoint)
+        if not should_retry(error, attempt=attempt, policy=self.retry):
+            return None
+        delay_s = backoff_delay_s(attempt, policy=self.retry)
+        _LOGGER.info(
+            "attempt %d of %d on %s failed (%s); retrying in %.3f s",
+            attempt + 1,
+            self.retry.max_retries + 1,
+            self.urls[endpoint],
+            error.message,
+            delay_s,
+        )
+        return delay_s
+
+    def health_error(self, error: InferenceServerException, endpoint: int) -> str:
+        """A one-line reason for an endpoint health report."""
+        return self.map_error(error, endpoint).message
+
+    def not_ready_error(self, health: Sequence[EndpointHealth], timeout_s: float) -> EmotionClientError:
+        """What ``wait_until_ready`` raises when its time is up, naming every endpoint that is not ready."""
+        pending = [h for h in health if not h.ready]
+        details = "; ".join(f"{h.url}: {h.error or 'not ready'}" for h in pending)
+        message = f"model '{self.model_name}' was not ready after {timeout_s:g} s on {details}"
+        if any(not h.live for h in pending):
+            return ServerUnavailableError(message)
+        return ModelNotReadyError(message)
+
+    def describe(self, cls: str) -> str:
+        urls = self.urls[0] if len(self.urls) == 1 else list(self.urls)
+        return f"{cls}(url={urls!r}, model_name={self.model_name!r})"
+
+
+def validate_concurrency(concurrency: int) -> None:
+    """Reject a concurrency that would run nothing (0) or is not a count."""
+    if isinstance(concurrency, bool) or not isinstance(concurrency, int) or concurrency < 1:
+        raise ValueError(f"concurrency must be an integer >= 1, got {concurrency!r}")
+
+
+class BatchCollector:
+    """Gathers ``classify_many`` outcomes, reports progress and returns them in the order asked for.
+
+    ``add`` is called from one thread (or one event loop) only, so the callback never runs twice at once.
+    """
+
+    def __init__(self, total: int, *, ordered: bool, on_progress: ProgressCallback | None) -> None:
+        self._total = total
+        self._ordered = ordered
+        self._on_progress = on_progress
+        self._completed: list[BatchItem] = []
+        self._failed = 0
+
+    def add(self, item: BatchItem) -> None:
+        """Record one finished input and report progress."""
+        self._completed.append(item)
+        if not item.ok:
+            self._failed += 1
+            _LOGGER.debug("input %d failed: %s", item.index, item.error)
+        if self._on_progress is not None:
+            self._on_progress(
+                BatchProgress(item=item, done=len(self._completed), failed=self._failed, total=self._total)
+            )
+
+    def results(self) -> list[BatchItem]:
+        """Every outcome: in input order, or in completion order when ``ordered`` is False."""
+        if len(self._completed) != self._total:
+            raise RuntimeError(f"{len(self._completed)} of {self._total} inputs finished")
+        if self._ordered:
+            return sorted(self._completed, key=lambda item: item.index)
+        return list(self._completed)

@@ -1,0 +1,341 @@
+"""asyncio twin of ``EmotionClient`` on ``tritonclient.grpc.aio``: the same methods, awaited.
+
+Only I/O differs from the blocking client: settings, round-robin, retries and error mapping come
+from ``_base`` and the protocol from ``codec``. Audio files are decoded and resampled in a worker
+thread, so a large file never stalls the event loop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
+from types import TracebackType
+from typing import Any, TypeVar
+
+import tritonclient.grpc.aio as aiogrpcclient  # type: ignore[import-untyped, unused-ignore]
+from tritonclient.utils import InferenceServerException  # type: ignore[import-untyped, unused-ignore]
+
+from . import codec
+from ._base import BatchCollector, ClientCore, validate_concurrency
+from ._defaults import (
+    DEFAULT_CONCURRENCY,
+    DEFAULT_MODEL_NAME,
+    DEFAULT_SAMPLE_RATE,
+    DEFAULT_TIMEOUT_S,
+    DEFAULT_URL,
+    LIVENESS_PROBE_TIMEOUT_S,
+    READY_POLL_INTERVAL_S,
+    READY_POLL_MAX_INTERVAL_S,
+)
+from .audio import AudioSource
+from .connection import TLSConfig
+from .errors import EmotionClientError, is_ambiguous_unavailable
+from .results import BatchItem, Classification, EndpointHealth, ModelInfo, ProgressCallback
+from .retry import RetryPolicy
+
+__all__ = ["AsyncEmotionClient"]
+
+_LOGGER = logging.getLogger(__name__)
+_T = TypeVar("_T")
+
+
+class AsyncEmotionClient:
+    """Classify speech emotion from asyncio code; every method of ``EmotionClient``, as a coroutine.
+
+    Settings, errors, retries, round-robin over several endpoints and timeouts behave exactly as
+    in ``EmotionClient``.
+
+    **Connections.** One gRPC channel per endpoint, opened on the first call inside the running
+    event loop and reused until ``await client.close()``.
+
+    **Concurrency.** Any number of coroutines may use one client at once (that is what
+    ``classify_many`` does). A client belongs to the event loop it first ran in and is not
+    thread-safe: give each thread or loop its own client.
+
+    Example::
+
+        async with AsyncEmotionClient("localhost:8001") as client:
+            result = await client.classify("clip.wav")
+    """
+
+    def __init__(
+        self,
+        url: str | Sequence[str] = DEFAULT_URL,
+        *,
+        model_name: str = DEFAULT_MODEL_NAME,
+        model_version: str = "",
+        timeout_s: float = DEFAULT_TIMEOUT_S,
+        retry: RetryPolicy | None = None,
+        headers: Mapping[str, str] | None = None,
+        tls: TLSConfig | bool | None = None,
+        verbose: bool = False,
+    ) -> None:
+        """Validate the settings; no channel is opened and nothing is sent until the first await.
+
+        Arguments are those of ``EmotionClient``.
+        """
+        self._core = ClientCore(
+            url,
+            model_name=model_name,
+            model_version=model_version,
+            timeout_s=timeout_s,
+            retry=retry,
+            headers=headers,
+            tls=tls,
+            verbose=verbose,
+        )
+        self._info: ModelInfo | None = None
+        self._info_lock: asyncio.Lock | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._tritons: list[Any] = []
+        self._closed = False
+
+    @property
+    def url(self) -> str:
+        """The first (or only) endpoint this client talks to."""
+        return self._core.urls[0]
+
+    @property
+    def urls(self) -> tuple[str, ...]:
+        """Every endpoint, in round-robin order."""
+        return self._core.urls
+
+    @property
+    def model_name(self) -> str:
+        """Ensemble this client classifies with."""
+        return self._core.model_name
+
+    async def model_info(self, *, timeout_s: float | None = None) -> ModelInfo:
+        """Return the ensemble's labels, rate, tensor names and limits, fetched once per client."""
+        self._open_channels()
+        if self._info_lock is None:
+            self._info_lock = asyncio.Lock()
+        async with self._info_lock:
+            if self._info is None:
+                core = self._core
+                config = await self._call(
+                    lambda triton, deadline_s: triton.get_model_config(
+                        core.model_name,
+                        model_version=core.model_version,
+                        headers=core.headers,
+                        as_json=True,
+                        client_timeout=deadline_s,
+                    ),
+                    timeout_s=timeout_s,
+                )
+                self._info = codec.parse_model_info(config, model_name=core.model_name)
+                _LOGGER.debug("loaded %s", self._info)
+            return self._info
+
+    async def classify(
+        self,
+        audio: AudioSource,
+        sample_rate: int = DEFAULT_SAMPLE_RATE,
+        *,
+        top_k: int | None = None,
+        timeout_s: float | None = None,
+    ) -> Classification:
+        """Classify one clip; arguments and result as in ``EmotionClient.classify``."""
+        codec.validate_top_k(top_k)
+        codec.validate_timeout_s(timeout_s)
+        info = await self.model_info(timeout_s=timeout_s)
+        samples = await asyncio.to_thread(codec.prepare_audio, audio, sample_rate, info)
+        core = self._core
+        inputs = codec.build_inputs(samples, info)
+        outputs = codec.build_outputs(info)
+        started = time.perf_counter()
+        response = await self._call(
+            lambda triton, deadline_s: triton.infer(
+                core.model_name,
+                inputs,
+                model_version=core.model_version,
+                outputs=outputs,
+                headers=core.headers,
+                client_timeout=deadline_s,
+            ),
+            timeout_s=timeout_s,
+        )
+        _LOGGER.debug(
+            "classified %.2f s of audio in %.1f ms",
+            samples.shape[0] / info.sample_rate,
+            (time.perf_counter() - started) * 1000.0,
+        )
+        return codec.decode_classification(response.as_numpy(info.probabilities_output), info, top_k=top_k)
+
+    async def classify_many(
+        self,
+        inputs: Iterable[AudioSource],
+        sample_rate: int = DEFAULT_SAMPLE_RATE,
+        *,
+        concurrency: int = DEFAULT_CONCURRENCY,
+        ordered: bool = True,
+        top_k: int | None = None,
+        timeout_s: float | None = None,
+        on_progress: ProgressCallback | None = None,
+    ) -> list[BatchItem]:
+        """Classify many clips, ``concurrency`` at a time; as ``EmotionClient.classify_many``.
+
+        ``on_progress`` runs in the event loop, once per finished clip. Cancelling the awaiting
+        task cancels every clip still pending.
+        """
+        sources = list(inputs)
+        codec.validate_top_k(top_k)
+        codec.validate_timeout_s(timeout_s)
+        validate_concurrency(concurrency)
+        collector = BatchCollector(len(sources), ordered=ordered, on_progress=on_progress)
+        if not sources:
+            return []
+        await self.model_info(timeout_s=timeout_s)
+        slots = asyncio.Semaphore(concurrency)
+
+        async def one(index: int, source: AudioSource) -> BatchItem:
+            async with slots:
+                try:
+                    result = await self.classify(source, sample_rate, top_k=top_k, timeout_s=timeout_s)
+                except EmotionClientError as e:
+                    return BatchItem(index=index, source=source, error=e)
+                return BatchItem(index=index, source=source, result=result)
+
+        tasks = [asyncio.ensure_future(one(index, source)) for index, source in enumerate(sources)]
+        try:
+            for next_done in asyncio.as_completed(tasks):
+                collector.add(await next_done)
+        finally:
+            pending = [task for task in tasks if not task.done()]
+            for task in pending:
+                task.cancel()
+            if pending:
+                await asyncio.gather(*pending, return_exceptions=True)
+        return collector.results()
+
+    async def health(self, *, timeout_s: float = LIVENESS_PROBE_TIMEOUT_S) -> tuple[EndpointHealth, ...]:
+        """Ask every endpoint (concurrently) whether the server is live and the model ready; never raises."""
+        codec.validate_timeout_s(timeout_s)
+        if self._closed:
+            return tuple(
+                EndpointHealth(url=url, live=False, ready=False, error="client is closed")
+                for url in self._core.urls
+            )
+        self._open_channels()
+        return tuple(
+            await asyncio.gather(
+                *(self._endpoint_health(index, timeout_s) for index in range(len(self._core.urls)))
+            )
+        )
+
+    async def is_ready(self) -> bool:
+        """Report whether the model can serve requests on every endpoint now; never raises."""
+        return all(entry.ready for entry in await self.health())
+
+    async def wait_until_ready(self, timeout_s: float) -> None:
+        """Wait until the model is ready on every endpoint; raises as ``EmotionClient.wait_until_ready``."""
+        codec.validate_timeout_s(timeout_s)
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout_s
+        interval_s = READY_POLL_INTERVAL_S
+        while True:
+            remaining_s = deadline - loop.time()
+            health = await self.health(timeout_s=max(min(LIVENESS_PROBE_TIMEOUT_S, remaining_s), 0.01))
+            if all(entry.ready for entry in health):
+                return
+            remaining_s = deadline - loop.time()
+            if remaining_s <= 0:
+                raise self._core.not_ready_error(health, timeout_s)
+            await asyncio.sleep(min(interval_s, remaining_s))
+            interval_s = min(interval_s * 2, READY_POLL_MAX_INTERVAL_S)
+
+    async def close(self) -> None:
+        """Release every gRPC channel; safe to call more than once."""
+        if not self._closed:
+            self._closed = True
+            tritons, self._tritons = self._tritons, []
+            for triton in tritons:
+                await triton.close()
+
+    async def __aenter__(self) -> AsyncEmotionClient:
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.close()
+
+    def __repr__(self) -> str:
+        return self._core.describe(type(self).__name__)
+
+    def _open_channels(self) -> None:
+        """Create the channels in the running loop on first use; refuse use from another loop."""
+        if self._closed:
+            raise EmotionClientError(f"{type(self).__name__} is closed; create a new client")
+        loop = asyncio.get_running_loop()
+        if self._loop is None:
+            try:
+                self._tritons = [
+                    aiogrpcclient.InferenceServerClient(url=endpoint, **self._core.triton_kwargs)
+                    for endpoint in self._core.urls
+                ]
+            except InferenceServerException as e:
+                raise self._core.map_error(e, 0) from e
+            self._loop = loop
+        elif self._loop is not loop:
+            raise EmotionClientError(
+                f"{type(self).__name__} belongs to the event loop it first ran in; create one client per loop"
+            )
+
+    async def _call(self, send: Callable[[Any, float], Awaitable[_T]], *, timeout_s: float | None) -> _T:
+        """Send with retries; the async twin of ``EmotionClient._call``."""
+        self._open_channels()
+        core = self._core
+        deadline_s = core.deadline_s(timeout_s)
+        attempt = 0
+        while True:
+            endpoint = core.next_endpoint()
+            try:
+                return await send(self._tritons[endpoint], deadline_s)
+            except InferenceServerException as e:
+                error = core.map_error(e, endpoint)
+                delay_s = core.retry_delay_s(error, attempt, endpoint)
+                if delay_s is None:
+                    if is_ambiguous_unavailable(e):
+                        error = core.map_error(e, endpoint, server_live=await self._probe_liveness(endpoint))
+                    raise error from e
+            await asyncio.sleep(delay_s)
+            attempt += 1
+
+    async def _probe_liveness(self, endpoint: int) -> bool:
+        try:
+            return bool(
+                await self._tritons[endpoint].is_server_live(
+                    headers=self._core.headers, client_timeout=LIVENESS_PROBE_TIMEOUT_S
+                )
+            )
+        except InferenceServerException:
+            return False
+
+    async def _endpoint_health(self, endpoint: int, timeout_s: float) -> EndpointHealth:
+        url = self._core.urls[endpoint]
+        triton, core = self._tritons[endpoint], self._core
+        try:
+            live = bool(await triton.is_server_live(headers=core.headers, client_timeout=timeout_s))
+        except InferenceServerException as e:
+            return EndpointHealth(url=url, live=False, ready=False, error=core.health_error(e, endpoint))
+        if not live:
+            return EndpointHealth(url=url, live=False, ready=False, error="server reports it is not live")
+        try:
+            ready = bool(
+                await triton.is_model_ready(
+                    core.model_name,
+                    model_version=core.model_version,
+                    headers=core.headers,
+                    client_timeout=timeout_s,
+                )
+            )
+        except InferenceServerException as e:
+            return EndpointHealth(url=url, live=True, ready=False, error=core.health_error(e, endpoint))
+        error = None if ready else f"model '{core.model_name}' is not loaded or not ready"
+        return EndpointHealth(url=url, live=True, ready=ready, error=error)

@@ -1,0 +1,104 @@
+"""classify_many throughput against a plain loop of classify(), on the tiny model served with the
+export's default batching (max_batch_size 32, max_queue_delay 2 ms). Prints the best and the median
+of interleaved runs (run with -s); asserts only that every way of sending gives the same answers,
+never a speed."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import numpy as np
+import numpy.typing as npt
+import pytest
+import tritonclient.grpc as grpcclient
+
+from emotion_build.server import TritonServer
+from emotion_client import AsyncEmotionClient, Classification, EmotionClient
+
+CLIPS = 48
+CLIP_S = 1.0
+REPEATS = 5
+
+
+@pytest.fixture(scope="module")
+def default_server(tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[TritonServer]:
+    """The tiny model exported with the export's default batching, unlike the session repository."""
+    output = tmp_path_factory.mktemp("throughput") / "model_repository"
+    export = ["export", "--model", str(tiny_model_dir), "--target", "cpu", "--output", str(output)]
+    subprocess.run(
+        [sys.executable, "-m", "emotion_build", *export, "--intra-op-threads", "1"],
+        check=True,
+        capture_output=True,
+        env={**os.environ, "HF_HUB_OFFLINE": "1"},
+    )
+    with TritonServer(output) as server:
+        yield server
+
+
+def classifier_counts(url: str) -> tuple[int, int]:
+    """(requests, executions) of the classifier: their ratio is the average batch the server ran."""
+    with grpcclient.InferenceServerClient(url) as admin:
+        (entry,) = admin.get_inference_statistics("classifier", as_json=True)["model_stats"]
+    return int(entry.get("inference_count", 0)), int(entry.get("execution_count", 0))
+
+
+def test_classify_many_against_a_plain_loop(default_server: TritonServer) -> None:
+    url = default_server.endpoints.grpc_url
+    rng = np.random.default_rng(0)
+    clips: list[npt.NDArray[np.float32]] = [
+        (0.1 * rng.standard_normal(round(CLIP_S * 16000))).astype(np.float32) for _ in range(CLIPS)
+    ]
+    rates: dict[tuple[str, int], list[float]] = {}
+    batches: dict[tuple[str, int], list[float]] = {}
+    answers: dict[tuple[str, int], list[Classification]] = {}
+
+    def measure(key: tuple[str, int], send: Callable[[], list[Classification]]) -> None:
+        before = classifier_counts(url)
+        started = time.perf_counter()
+        answers[key] = send()
+        rate = CLIPS / (time.perf_counter() - started)
+        requests, executions = (a - b for a, b in zip(classifier_counts(url), before, strict=True))
+        rates.setdefault(key, []).append(rate)
+        batches.setdefault(key, []).append(requests / max(executions, 1))
+
+    async def run_async(concurrency: int) -> list[Classification]:
+        async with AsyncEmotionClient(url) as client:
+            await client.model_info()
+            return [item.unwrap() for item in await client.classify_many(clips, concurrency=concurrency)]
+
+    with EmotionClient(url) as client:
+        client.classify_many(clips[:8], concurrency=8)  # warm up the channel and the model instances
+        plans: list[tuple[tuple[str, int], Callable[[], list[Classification]]]] = [
+            (("loop of classify()", 1), lambda: [client.classify(clip) for clip in clips])
+        ]
+        for c in (1, 2, 4, 8, 16):
+            plans.append(
+                (("classify_many", c), lambda c=c: [i.unwrap() for i in client.classify_many(clips, concurrency=c)])
+            )
+        for c in (4, 8, 16):
+            plans.append((("async classify_many", c), lambda c=c: asyncio.run(run_async(c))))
+        for _ in range(REPEATS):  # interleaved, so a busy moment on the machine does not hit one row only
+            for key, send in plans:
+                measure(key, send)
+
+    baseline = max(rates[("loop of classify()", 1)])
+    print(
+        f"\n{CLIPS} clips of {CLIP_S:g} s, tiny wav2vec2 on CPU ({os.cpu_count()} cores), one tritonserver, "
+        f"{REPEATS} runs each (interleaved)"
+    )
+    print(f"{'how':<22}{'concurrency':>12}{'best clips/s':>14}{'median':>9}{'best vs loop':>14}{'avg batch':>11}")
+    for (name, concurrency), runs in rates.items():
+        batch = float(np.mean(batches[(name, concurrency)]))
+        best, median = max(runs), float(np.median(runs))
+        print(f"{name:<22}{concurrency:>12}{best:>14.1f}{median:>9.1f}{best / baseline:>13.2f}x{batch:>11.2f}")
+
+    reference = answers[("loop of classify()", 1)]
+    for key, got in answers.items():
+        assert [r.label for r in got] == [r.label for r in reference], key
+        assert [r.score for r in got] == pytest.approx([r.score for r in reference], abs=1e-5), key
