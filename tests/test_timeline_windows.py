@@ -11,7 +11,7 @@ import soundfile
 from emotion_client.audio import load_audio
 from emotion_client.errors import InvalidAudioError
 from emotion_client.results import Classification, LabelScore
-from emotion_client.timeline import Window, build_timeline, iter_windows, plan_windows
+from emotion_client.timeline import build_timeline, iter_windows, plan_windows
 
 LABELS = ("neu", "hap", "ang", "sad")
 
@@ -63,7 +63,7 @@ def _result(probabilities: list[float]) -> Classification:
 
 
 def test_track_averages_covering_windows_and_smooths() -> None:
-    windows = [Window(0.0, 2.0, np.zeros(1, np.float32)), Window(1.0, 3.0, np.zeros(1, np.float32))]
+    windows = [(0.0, 2.0), (1.0, 3.0)]
     results = [_result([1.0, 0.0, 0.0, 0.0]), _result([0.0, 0.0, 1.0, 0.0])]
     timeline = build_timeline(windows, results, labels=LABELS, window_s=2, hop_s=1, smooth_s=1)
     assert [s.label for s in timeline.segments] == ["neu", "ang"]
@@ -79,4 +79,4 @@ def test_track_averages_covering_windows_and_smooths() -> None:
 def test_timeline_needs_full_scores() -> None:
     partial = Classification(label="neu", score=0.9, scores=(LabelScore("neu", 0.9),), untrained=False)
     with pytest.raises(ValueError, match="top_k=None"):
-        build_timeline([Window(0, 1, np.zeros(1, np.float32))], [partial], labels=LABELS, window_s=1, hop_s=1)
+        build_timeline([(0.0, 1.0)], [partial], labels=LABELS, window_s=1, hop_s=1)

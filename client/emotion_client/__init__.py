@@ -21,6 +21,7 @@ from .errors import (
     TLSError,
     TransportError,
 )
+from .evaluation import ClassMetrics, EvaluationReport
 from .results import (
     BatchItem,
     BatchProgress,
@@ -31,16 +32,19 @@ from .results import (
     ProgressCallback,
 )
 from .retry import RetryPolicy
+from .timeline import Segment, Timeline, TrackPoint
 
 __all__ = [
     "AsyncEmotionClient",
     "AuthenticationError",
     "BatchItem",
     "BatchProgress",
+    "ClassMetrics",
     "Classification",
     "EmotionClient",
     "EmotionClientError",
     "EndpointHealth",
+    "EvaluationReport",
     "IncompatibleModelError",
     "InvalidAudioError",
     "LabelScore",
@@ -49,10 +53,13 @@ __all__ = [
     "ProgressCallback",
     "RequestTimeoutError",
     "RetryPolicy",
+    "Segment",
     "ServerBusyError",
     "ServerError",
     "ServerUnavailableError",
     "TLSConfig",
     "TLSError",
+    "Timeline",
+    "TrackPoint",
     "TransportError",
 ]

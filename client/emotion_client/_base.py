@@ -10,13 +10,14 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any
 
 from tritonclient.utils import InferenceServerException  # type: ignore[import-untyped, unused-ignore]
 
 from . import codec
 from ._defaults import ENDPOINT_COOLDOWN_S
+from .audio import AudioSource
 from .connection import TLSConfig, channel_args, normalize_headers, parse_urls, tls_client_kwargs
 from .errors import (
     EmotionClientError,
@@ -25,10 +26,11 @@ from .errors import (
     ServerUnavailableError,
     from_triton_error,
 )
-from .results import BatchItem, BatchProgress, EndpointHealth, ProgressCallback
+from .results import BatchItem, BatchProgress, Classification, EndpointHealth, ModelInfo, ProgressCallback
 from .retry import RetryPolicy, backoff_delay_s, is_retryable, should_retry
+from .timeline import Timeline, Window, build_timeline, iter_windows
 
-__all__ = ["BatchCollector", "ClientCore", "validate_concurrency"]
+__all__ = ["BatchCollector", "ClientCore", "TimelineRun", "validate_concurrency"]
 
 _LOGGER = logging.getLogger("emotion_client")
 
@@ -185,3 +187,47 @@ class BatchCollector:
         if self._ordered:
             return sorted(self._completed, key=lambda item: item.index)
         return list(self._completed)
+
+
+class TimelineRun:
+    """Bookkeeping of one ``classify_timeline`` call, shared by both clients.
+
+    Windows are consumed one at a time and only their (start, end) kept, and the clients keep at
+    most ``max_in_flight`` windows sent but unanswered, so memory stays flat however long the
+    recording is.
+    """
+
+    def __init__(
+        self, info: ModelInfo, *, window_s: float, hop_s: float, smooth_s: float, concurrency: int
+    ) -> None:
+        codec.validate_timeline(window_s, hop_s, smooth_s, info)
+        validate_concurrency(concurrency)
+        self.info = info
+        self.window_s = float(window_s)
+        self.hop_s = float(hop_s)
+        self.smooth_s = float(smooth_s)
+        self.max_in_flight = 2 * concurrency
+        self.spans: list[tuple[float, float]] = []
+
+    def windows(self, audio: AudioSource, sample_rate: int | None) -> Iterator[Window]:
+        """The recording's windows, streamed; each one's span is recorded as it is handed out."""
+        for window in iter_windows(
+            audio,
+            sample_rate=sample_rate,
+            target_rate=self.info.sample_rate,
+            window_s=self.window_s,
+            hop_s=self.hop_s,
+        ):
+            self.spans.append((window.start_s, window.end_s))
+            yield window
+
+    def finish(self, results: Sequence[Classification]) -> Timeline:
+        return build_timeline(
+            self.spans,
+            results,
+            labels=self.info.labels,
+            window_s=self.window_s,
+            hop_s=self.hop_s,
+            smooth_s=self.smooth_s,
+            untrained=self.info.untrained,
+        )

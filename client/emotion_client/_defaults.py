@@ -7,11 +7,14 @@ __all__ = [
     "DEFAULT_BACKOFF_BASE_S",
     "DEFAULT_BACKOFF_MAX_S",
     "DEFAULT_CONCURRENCY",
+    "DEFAULT_HOP_S",
     "DEFAULT_MAX_RETRIES",
     "DEFAULT_MODEL_NAME",
     "DEFAULT_SAMPLE_RATE",
+    "DEFAULT_SMOOTH_S",
     "DEFAULT_TIMEOUT_S",
     "DEFAULT_URL",
+    "DEFAULT_WINDOW_S",
     "ENDPOINT_COOLDOWN_S",
     "LIVENESS_PROBE_TIMEOUT_S",
     "MAX_GRPC_MESSAGE_BYTES",
@@ -52,6 +55,15 @@ ENDPOINT_COOLDOWN_S = 2.0
 
 DEFAULT_CONCURRENCY = 8
 """Requests ``classify_many`` keeps in flight; enough to let Triton's dynamic batcher fill batches."""
+
+DEFAULT_WINDOW_S = 4.0
+"""Timeline window: about one utterance, the length SUPERB's emotion model was trained on."""
+
+DEFAULT_HOP_S = 2.0
+"""Timeline hop: half a window, so every moment is judged twice, with context on each side."""
+
+DEFAULT_SMOOTH_S = 3.0
+"""Width of the centred moving average over the per-second track."""
 
 READY_POLL_INTERVAL_S = 0.1
 """First pause between readiness probes in ``wait_until_ready``; doubles up to the maximum below."""

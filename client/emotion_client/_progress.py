@@ -41,13 +41,17 @@ class ProgressBar:
 
     def __call__(self, progress: BatchProgress) -> None:
         """Record one finished input and redraw when due."""
+        self.update(progress.done, failed=progress.failed)
+
+    def update(self, done: int, *, failed: int = 0) -> None:
+        """Show ``done`` of the total (inputs, or seconds of a timeline) and redraw when due."""
         now = self._clock()
-        final = progress.done >= progress.total
+        final = done >= self._total
         interval = _REDRAW_INTERVAL_S if self._terminal else _LINE_INTERVAL_S
         if not final and now - self._last_draw < interval:
             return
         self._last_draw = now
-        line = self.render(progress.done, progress.failed, now - self._started)
+        line = self.render(done, failed, now - self._started)
         if self._terminal:
             self._stream.write("\r" + line.ljust(self._last_width))
             self._last_width = len(line)

@@ -10,21 +10,27 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections import deque
 from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from types import TracebackType
 from typing import Any, TypeVar
 
+import numpy as np
+import numpy.typing as npt
 import tritonclient.grpc.aio as aiogrpcclient  # type: ignore[import-untyped, unused-ignore]
 from tritonclient.utils import InferenceServerException  # type: ignore[import-untyped, unused-ignore]
 
 from . import codec
-from ._base import BatchCollector, ClientCore, validate_concurrency
+from ._base import BatchCollector, ClientCore, TimelineRun, validate_concurrency
 from ._defaults import (
     DEFAULT_CONCURRENCY,
+    DEFAULT_HOP_S,
     DEFAULT_MODEL_NAME,
     DEFAULT_SAMPLE_RATE,
+    DEFAULT_SMOOTH_S,
     DEFAULT_TIMEOUT_S,
     DEFAULT_URL,
+    DEFAULT_WINDOW_S,
     LIVENESS_PROBE_TIMEOUT_S,
     READY_POLL_INTERVAL_S,
     READY_POLL_MAX_INTERVAL_S,
@@ -34,6 +40,7 @@ from .connection import TLSConfig
 from .errors import EmotionClientError, is_ambiguous_unavailable
 from .results import BatchItem, Classification, EndpointHealth, ModelInfo, ProgressCallback
 from .retry import RetryPolicy
+from .timeline import Timeline
 
 __all__ = ["AsyncEmotionClient"]
 
@@ -163,6 +170,79 @@ class AsyncEmotionClient:
             (time.perf_counter() - started) * 1000.0,
         )
         return codec.decode_classification(response.as_numpy(info.probabilities_output), info, top_k=top_k)
+
+    async def embed(
+        self, audio: AudioSource, sample_rate: int = DEFAULT_SAMPLE_RATE, *, timeout_s: float | None = None
+    ) -> npt.NDArray[np.float32]:
+        """The clip's pooled utterance embedding; as ``EmotionClient.embed``."""
+        codec.validate_timeout_s(timeout_s)
+        info = await self.model_info(timeout_s=timeout_s)
+        outputs = codec.build_embedding_outputs(info)
+        samples = await asyncio.to_thread(codec.prepare_audio, audio, sample_rate, info)
+        inputs = codec.build_inputs(samples, info)
+        core = self._core
+        response = await self._call(
+            lambda triton, deadline_s: triton.infer(
+                core.model_name,
+                inputs,
+                model_version=core.model_version,
+                outputs=outputs,
+                headers=core.headers,
+                client_timeout=deadline_s,
+            ),
+            timeout_s=timeout_s,
+        )
+        return codec.decode_embedding(response.as_numpy(info.embedding_output), info)
+
+    async def classify_timeline(
+        self,
+        audio: AudioSource,
+        sample_rate: int = DEFAULT_SAMPLE_RATE,
+        *,
+        window_s: float = DEFAULT_WINDOW_S,
+        hop_s: float = DEFAULT_HOP_S,
+        smooth_s: float = DEFAULT_SMOOTH_S,
+        concurrency: int = DEFAULT_CONCURRENCY,
+        timeout_s: float | None = None,
+        on_progress: Callable[[float], None] | None = None,
+    ) -> Timeline:
+        """Emotion over a recording of any length; as ``EmotionClient.classify_timeline``.
+
+        File blocks are read in a worker thread so the event loop never waits on the disk.
+        """
+        codec.validate_timeout_s(timeout_s)
+        run = TimelineRun(
+            await self.model_info(timeout_s=timeout_s),
+            window_s=window_s,
+            hop_s=hop_s,
+            smooth_s=smooth_s,
+            concurrency=concurrency,
+        )
+        rate = run.info.sample_rate
+        windows = run.windows(audio, sample_rate)
+        results: list[Classification] = []
+        pending: deque[asyncio.Task[Classification]] = deque()
+
+        async def collect_oldest() -> None:
+            results.append(await pending.popleft())
+            if on_progress is not None:
+                on_progress(run.spans[len(results) - 1][1])
+
+        try:
+            while (window := await asyncio.to_thread(next, windows, None)) is not None:
+                pending.append(
+                    asyncio.ensure_future(self.classify(window.samples, rate, timeout_s=timeout_s))
+                )
+                if len(pending) >= run.max_in_flight:
+                    await collect_oldest()
+            while pending:
+                await collect_oldest()
+        finally:
+            for task in pending:
+                task.cancel()
+            if pending:
+                await asyncio.gather(*pending, return_exceptions=True)
+        return run.finish(results)
 
     async def classify_many(
         self,

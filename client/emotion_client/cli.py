@@ -3,6 +3,9 @@
 ::
 
     emotion-client classify PATH... [--recursive] [--top-k K] [--json | --csv] [--concurrency N]
+    emotion-client timeline FILE [--window-s S] [--hop-s S] [--json | --csv] [--plot OUT.png]
+    emotion-client evaluate (--manifest CSV | --iemocap DIR [--fold N]) [--report OUT.json]
+                            [--confusion-png OUT.png]
     emotion-client health [--json]
     emotion-client labels [--json]
 
@@ -27,21 +30,28 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, TextIO
 
+import soundfile  # type: ignore[import-untyped, unused-ignore]
+
 from ._defaults import (
     AUDIO_FILE_SUFFIXES,
     DEFAULT_CONCURRENCY,
+    DEFAULT_HOP_S,
     DEFAULT_MAX_RETRIES,
     DEFAULT_MODEL_NAME,
+    DEFAULT_SMOOTH_S,
     DEFAULT_TIMEOUT_S,
     DEFAULT_URL,
+    DEFAULT_WINDOW_S,
     URL_ENV_VAR,
 )
 from ._progress import ProgressBar
 from .client import EmotionClient
 from .connection import TLSConfig
 from .errors import EmotionClientError
+from .evaluation import compute_report, read_iemocap, read_manifest, save_confusion_png
 from .results import BatchItem, EndpointHealth, ModelInfo
 from .retry import RetryPolicy
+from .timeline import save_timeline_png, timeline_to_dict
 
 __all__ = ["main"]
 
@@ -69,7 +79,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         command.error(str(e))
     try:
         with client:
-            handler = {"classify": _classify, "health": _health, "labels": _labels}[args.command]
+            handler = {
+                "classify": _classify,
+                "timeline": _timeline,
+                "evaluate": _evaluate,
+                "health": _health,
+                "labels": _labels,
+            }[args.command]
             return handler(client, args)
     except _UsageError as e:
         command.error(str(e))
@@ -161,6 +177,54 @@ def _parser() -> tuple[argparse.ArgumentParser, dict[str, argparse.ArgumentParse
     )
     progress.add_argument("--no-progress", dest="progress", action="store_false", help="never draw it")
 
+    timeline = commands.add_parser(
+        "timeline",
+        parents=[common],
+        help="emotion over time in a long recording",
+        description="Classify overlapping windows of a recording of any length (streamed, not loaded whole).",
+    )
+    timeline.add_argument("file", type=Path, metavar="FILE", help="audio file")
+    timeline.add_argument(
+        "--window-s", type=float, default=DEFAULT_WINDOW_S, help="window length (default: %(default)g)"
+    )
+    timeline.add_argument(
+        "--hop-s", type=float, default=DEFAULT_HOP_S, help="window step (default: %(default)g)"
+    )
+    timeline.add_argument(
+        "--smooth-s",
+        type=float,
+        default=DEFAULT_SMOOTH_S,
+        help="smoothing of the per-second track (default: %(default)g)",
+    )
+    timeline_output = timeline.add_mutually_exclusive_group()
+    timeline_output.add_argument("--json", action="store_true", help="segments and per-second track as JSON")
+    timeline_output.add_argument("--csv", action="store_true", help="the per-second track as CSV")
+    timeline.add_argument(
+        "--plot", type=Path, metavar="PNG", help="also draw each class's probability over time"
+    )
+    timeline.add_argument(
+        "-j", "--concurrency", type=int, default=DEFAULT_CONCURRENCY, metavar="N", help="windows in flight"
+    )
+
+    evaluate = commands.add_parser(
+        "evaluate",
+        parents=[common],
+        help="accuracy on labelled audio",
+        description="Accuracy, unweighted recall, per-class precision/recall and confusion matrix on "
+        "labelled audio: a CSV manifest (path,label) or an IEMOCAP release (SUPERB 4-class protocol).",
+    )
+    source = evaluate.add_mutually_exclusive_group(required=True)
+    source.add_argument("--manifest", type=Path, metavar="CSV", help="CSV with columns path,label")
+    source.add_argument("--iemocap", type=Path, metavar="DIR", help="IEMOCAP_full_release folder")
+    evaluate.add_argument(
+        "--fold", type=int, default=1, help="IEMOCAP session to test on (default: %(default)d)"
+    )
+    evaluate.add_argument("--report", type=Path, metavar="JSON", help="write the full report as JSON")
+    evaluate.add_argument("--confusion-png", type=Path, metavar="PNG", help="draw the confusion matrix")
+    evaluate.add_argument(
+        "-j", "--concurrency", type=int, default=DEFAULT_CONCURRENCY, metavar="N", help="requests in flight"
+    )
+
     health = commands.add_parser(
         "health",
         parents=[common],
@@ -176,7 +240,13 @@ def _parser() -> tuple[argparse.ArgumentParser, dict[str, argparse.ArgumentParse
         description="List the model's labels, in class-index order.",
     )
     labels.add_argument("--json", action="store_true", help="print the model's settings as JSON")
-    return parser, {"classify": classify, "health": health, "labels": labels}
+    return parser, {
+        "classify": classify,
+        "timeline": timeline,
+        "evaluate": evaluate,
+        "health": health,
+        "labels": labels,
+    }
 
 
 def _client(args: argparse.Namespace) -> EmotionClient:
@@ -225,12 +295,7 @@ def _classify(client: EmotionClient, args: argparse.Namespace) -> int:
     else:
         sys.stdout.write(format_table(items))
     failed = sum(not item.ok for item in items)
-    if info.untrained:
-        print(
-            "emotion-client: warning: the server's model is UNTRAINED (random weights); "
-            "these predictions are meaningless",
-            file=sys.stderr,
-        )
+    _warn_untrained(info)
     print(
         f"emotion-client: {len(items) - failed} of {len(items)} files classified"
         + (f", {failed} failed" if failed else "")
@@ -238,6 +303,116 @@ def _classify(client: EmotionClient, args: argparse.Namespace) -> int:
         file=sys.stderr,
     )
     return EXIT_FAILED if failed else EXIT_OK
+
+
+def _timeline(client: EmotionClient, args: argparse.Namespace) -> int:
+    if not args.file.is_file():
+        raise _UsageError(f"{args.file} is not a file")
+    total_s = _duration_s(args.file)
+    bar = (
+        ProgressBar(max(1, round(total_s)), stream=sys.stderr, label="timeline (s)")
+        if _isatty(sys.stderr) and total_s
+        else None
+    )
+    started = time.perf_counter()
+    try:
+        timeline = client.classify_timeline(
+            str(args.file),
+            window_s=args.window_s,
+            hop_s=args.hop_s,
+            smooth_s=args.smooth_s,
+            concurrency=args.concurrency,
+            on_progress=None if bar is None else (lambda done_s: bar.update(round(done_s))),
+        )
+    finally:
+        if bar is not None:
+            bar.close()
+    elapsed_s = time.perf_counter() - started
+    if args.json:
+        json.dump(timeline_to_dict(timeline), sys.stdout, indent=2)
+        sys.stdout.write("\n")
+    elif args.csv:
+        writer = csv.writer(sys.stdout, lineterminator="\n")
+        writer.writerow(["start_s", "end_s", "label", *timeline.labels])
+        for point in timeline.track:
+            writer.writerow(
+                [
+                    f"{point.start_s:g}",
+                    f"{point.end_s:g}",
+                    point.label,
+                    *(f"{s.score:.6f}" for s in point.scores),
+                ]
+            )
+    else:
+        rows = [("START", "END", "LABEL", "SCORE")]
+        rows += [(f"{s.start_s:.1f}", f"{s.end_s:.1f}", s.label, f"{s.score:.3f}") for s in timeline.segments]
+        sys.stdout.write(_render_rows(rows))
+        shares = {label: sum(p.label == label for p in timeline.track) for label in timeline.labels}
+        summary = ", ".join(f"{label} {100 * n / len(timeline.track):.0f}%" for label, n in shares.items())
+        sys.stdout.write(f"\nper-second share of top label: {summary}\n")
+    if args.plot is not None:
+        save_timeline_png(timeline, args.plot)
+    _warn_untrained(client.model_info())
+    print(
+        f"emotion-client: {timeline.duration_s:.1f} s of audio in {len(timeline.segments)} windows, "
+        f"{elapsed_s:.2f} s ({timeline.duration_s / max(elapsed_s, 1e-9):.1f} audio-s/s)",
+        file=sys.stderr,
+    )
+    return EXIT_OK
+
+
+def _evaluate(client: EmotionClient, args: argparse.Namespace) -> int:
+    try:
+        clips = read_manifest(args.manifest) if args.manifest else read_iemocap(args.iemocap, fold=args.fold)
+    except (OSError, ValueError) as e:
+        raise _UsageError(str(e)) from e
+    if not clips:
+        raise _UsageError("no labelled clips found")
+    info = client.model_info()
+    unknown = sorted({clip.label for clip in clips} - set(info.labels))
+    if unknown:
+        raise _UsageError(f"labels {unknown} are not among the model's labels {list(info.labels)}")
+    bar = ProgressBar(len(clips), stream=sys.stderr) if _isatty(sys.stderr) else None
+    try:
+        items = client.classify_many(
+            [str(c.path) for c in clips], concurrency=args.concurrency, on_progress=bar
+        )
+    finally:
+        if bar is not None:
+            bar.close()
+    scored = [(clip, item) for clip, item in zip(clips, items, strict=True) if item.result is not None]
+    report = compute_report(
+        [clip.label for clip, _ in scored],
+        [item.result.label for _, item in scored if item.result is not None],
+        labels=info.labels,
+        failures=[
+            (str(clip.path), str(item.error)) for clip, item in zip(clips, items, strict=True) if item.error
+        ],
+    )
+    sys.stdout.write(report.format_table() + "\n")
+    if args.report is not None:
+        args.report.write_text(report.to_json())
+    if args.confusion_png is not None:
+        save_confusion_png(report, args.confusion_png)
+    _warn_untrained(info)
+    return EXIT_FAILED if report.failures else EXIT_OK
+
+
+def _duration_s(path: Path) -> float:
+    try:
+        info = soundfile.info(str(path))
+    except (RuntimeError, OSError):
+        return 0.0  # the client names the problem when it reads the file
+    return float(info.frames) / info.samplerate if info.samplerate else 0.0
+
+
+def _warn_untrained(info: ModelInfo) -> None:
+    if info.untrained:
+        print(
+            "emotion-client: warning: the server's model is UNTRAINED (random weights); "
+            "these predictions are meaningless",
+            file=sys.stderr,
+        )
 
 
 def _health(client: EmotionClient, args: argparse.Namespace) -> int:

@@ -6,22 +6,28 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from collections import deque
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from concurrent.futures import ThreadPoolExecutor, as_completed
+from concurrent.futures import Future, ThreadPoolExecutor, as_completed
 from types import TracebackType
 from typing import Any, TypeVar
 
+import numpy as np
+import numpy.typing as npt
 import tritonclient.grpc as grpcclient  # type: ignore[import-untyped, unused-ignore]
 from tritonclient.utils import InferenceServerException  # type: ignore[import-untyped, unused-ignore]
 
 from . import codec
-from ._base import BatchCollector, ClientCore, validate_concurrency
+from ._base import BatchCollector, ClientCore, TimelineRun, validate_concurrency
 from ._defaults import (
     DEFAULT_CONCURRENCY,
+    DEFAULT_HOP_S,
     DEFAULT_MODEL_NAME,
     DEFAULT_SAMPLE_RATE,
+    DEFAULT_SMOOTH_S,
     DEFAULT_TIMEOUT_S,
     DEFAULT_URL,
+    DEFAULT_WINDOW_S,
     LIVENESS_PROBE_TIMEOUT_S,
     READY_POLL_INTERVAL_S,
     READY_POLL_MAX_INTERVAL_S,
@@ -31,6 +37,7 @@ from .connection import TLSConfig
 from .errors import EmotionClientError, is_ambiguous_unavailable
 from .results import BatchItem, Classification, EndpointHealth, ModelInfo, ProgressCallback
 from .retry import RetryPolicy
+from .timeline import Timeline
 
 __all__ = ["EmotionClient"]
 
@@ -182,6 +189,83 @@ class EmotionClient:
             (time.perf_counter() - started) * 1000.0,
         )
         return codec.decode_classification(response.as_numpy(info.probabilities_output), info, top_k=top_k)
+
+    def embed(
+        self, audio: AudioSource, sample_rate: int = DEFAULT_SAMPLE_RATE, *, timeout_s: float | None = None
+    ) -> npt.NDArray[np.float32]:
+        """The clip's pooled utterance embedding (what the classifier head reads), 1-D float32.
+
+        For clustering or searching speakers' emotional states; like the scores, it does not
+        depend on which other requests the server batched the clip with.
+        """
+        codec.validate_timeout_s(timeout_s)
+        info = self.model_info(timeout_s=timeout_s)
+        outputs = codec.build_embedding_outputs(info)
+        inputs = codec.build_inputs(codec.prepare_audio(audio, sample_rate, info), info)
+        core = self._core
+        response = self._call(
+            lambda triton, deadline_s: triton.infer(
+                core.model_name,
+                inputs,
+                model_version=core.model_version,
+                outputs=outputs,
+                headers=core.headers,
+                client_timeout=deadline_s,
+            ),
+            timeout_s=timeout_s,
+        )
+        return codec.decode_embedding(response.as_numpy(info.embedding_output), info)
+
+    def classify_timeline(
+        self,
+        audio: AudioSource,
+        sample_rate: int = DEFAULT_SAMPLE_RATE,
+        *,
+        window_s: float = DEFAULT_WINDOW_S,
+        hop_s: float = DEFAULT_HOP_S,
+        smooth_s: float = DEFAULT_SMOOTH_S,
+        concurrency: int = DEFAULT_CONCURRENCY,
+        timeout_s: float | None = None,
+        on_progress: Callable[[float], None] | None = None,
+    ) -> Timeline:
+        """Emotion over a recording of any length: overlapping windows sent concurrently.
+
+        Files are streamed (read, downmixed and resampled block by block), so hours of audio
+        never sit in memory at once; the server batches the concurrent windows. Returns one
+        ``Segment`` per window and a per-second track smoothed over ``smooth_s`` seconds.
+        ``on_progress`` gets the seconds of audio answered so far, in the calling thread.
+        A window that fails fails the whole call with that window's error.
+        """
+        codec.validate_timeout_s(timeout_s)
+        run = TimelineRun(
+            self.model_info(timeout_s=timeout_s),
+            window_s=window_s,
+            hop_s=hop_s,
+            smooth_s=smooth_s,
+            concurrency=concurrency,
+        )
+        rate = run.info.sample_rate
+        results: list[Classification] = []
+        pending: deque[Future[Classification]] = deque()
+
+        def collect_oldest() -> None:
+            results.append(pending.popleft().result())
+            if on_progress is not None:
+                on_progress(run.spans[len(results) - 1][1])
+
+        with ThreadPoolExecutor(max_workers=concurrency, thread_name_prefix="emotion-timeline") as pool:
+            try:
+                for window in run.windows(audio, sample_rate):
+                    pending.append(pool.submit(self.classify, window.samples, rate, timeout_s=timeout_s))
+                    if len(pending) >= run.max_in_flight:
+                        collect_oldest()
+                while pending:
+                    collect_oldest()
+            except BaseException:
+                for future in pending:
+                    future.cancel()
+                raise
+        return run.finish(results)
 
     def classify_many(
         self,

@@ -21,12 +21,15 @@ from .errors import IncompatibleModelError, InvalidAudioError, ServerError
 from .results import Classification, LabelScore, ModelInfo
 
 __all__ = [
+    "build_embedding_outputs",
     "build_inputs",
     "build_outputs",
     "decode_classification",
+    "decode_embedding",
     "parse_model_info",
     "prepare_audio",
     "validate_duration",
+    "validate_timeline",
     "validate_timeout_s",
     "validate_top_k",
 ]
@@ -84,10 +87,21 @@ def parse_model_info(config: Mapping[str, Any], *, model_name: str) -> ModelInfo
         min_duration_s=min_duration_s,
         max_duration_s=max_duration_s,
         untrained=untrained_text.strip().lower() == "true",
+        embedding_output=_optional_param(params, "embedding_output"),
     )
     _check_declared(body, "input", (info.audio_input,), model_name)
-    _check_declared(body, "output", (info.probabilities_output, info.logits_output), model_name)
+    outputs = (info.probabilities_output, info.logits_output)
+    _check_declared(
+        body, "output", outputs + ((info.embedding_output,) if info.embedding_output else ()), model_name
+    )
     return info
+
+
+def _optional_param(params: Mapping[str, Any], key: str) -> str | None:
+    """Parameters added after the first release: older repositories simply lack them."""
+    entry = params.get(key)
+    value = entry.get("string_value") if isinstance(entry, Mapping) else None
+    return value if isinstance(value, str) and value else None
 
 
 def _invalid(model_name: str, key: str, expected: str, value: str) -> IncompatibleModelError:
@@ -194,6 +208,40 @@ def build_inputs(samples: npt.NDArray[np.float32], info: ModelInfo) -> list[Infe
 def build_outputs(info: ModelInfo) -> list[InferRequestedOutput]:
     """Request only the probabilities, so logits are not shipped back for nothing."""
     return [InferRequestedOutput(info.probabilities_output)]
+
+
+def build_embedding_outputs(info: ModelInfo) -> list[InferRequestedOutput]:
+    """Request only the embedding; refuse early when the deployed repository predates it."""
+    if info.embedding_output is None:
+        raise IncompatibleModelError(
+            f"model '{info.model_name}' does not publish an utterance embedding; "
+            "re-export the repository with a current emotion-build"
+        )
+    return [InferRequestedOutput(info.embedding_output)]
+
+
+def decode_embedding(embedding: npt.NDArray[Any] | None, info: ModelInfo) -> npt.NDArray[np.float32]:
+    """The ``[1, width]`` embedding tensor as a 1-D float32 array the caller owns."""
+    if embedding is None:
+        raise ServerError(f"model '{info.model_name}' returned no '{info.embedding_output}' output")
+    flat = np.array(embedding, dtype=np.float32).reshape(-1)
+    if flat.size == 0 or not np.all(np.isfinite(flat)):
+        raise ServerError(f"model '{info.model_name}' returned an empty or non-finite embedding")
+    return flat
+
+
+def validate_timeline(window_s: float, hop_s: float, smooth_s: float, info: ModelInfo) -> None:
+    """Windows must be clips the server accepts; hops longer than windows would leave gaps."""
+    for name, value in (("window_s", window_s), ("hop_s", hop_s), ("smooth_s", smooth_s)):
+        if not (isinstance(value, (int, float)) and math.isfinite(value) and value > 0):
+            raise ValueError(f"{name} must be a positive number of seconds, got {value!r}")
+    if hop_s > window_s:
+        raise ValueError(f"hop_s ({hop_s:g}) must not exceed window_s ({window_s:g}), or audio is skipped")
+    if not info.min_duration_s <= window_s <= info.max_duration_s:
+        raise ValueError(
+            f"window_s must lie within the model's limits {info.min_duration_s:g} s to "
+            f"{info.max_duration_s:g} s, got {window_s:g}"
+        )
 
 
 def decode_classification(

@@ -66,6 +66,8 @@ class ModelInfo:
     """Longest clip the server accepts, in seconds."""
     untrained: bool
     """True when the server's model has random weights."""
+    embedding_output: str | None = None
+    """Name of the FP32 ``[1, width]`` utterance-embedding output; None when the server has none."""
 
     @property
     def num_classes(self) -> int:

@@ -12,6 +12,8 @@ import math
 import os
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
 
 import numpy as np
 import numpy.typing as npt
@@ -22,7 +24,17 @@ from .audio import AudioSource, load_audio
 from .errors import InvalidAudioError
 from .results import Classification, LabelScore
 
-__all__ = ["Segment", "Timeline", "TrackPoint", "Window", "build_timeline", "iter_windows", "plan_windows"]
+__all__ = [
+    "Segment",
+    "Timeline",
+    "TrackPoint",
+    "Window",
+    "build_timeline",
+    "iter_windows",
+    "plan_windows",
+    "save_timeline_png",
+    "timeline_to_dict",
+]
 
 _BLOCK_S = 10.0
 """Seconds read from a file at a time: small enough to bound memory, large enough to be cheap."""
@@ -177,7 +189,7 @@ def _stream_file(
 
 
 def build_timeline(
-    windows: Sequence[Window],
+    spans: Sequence[tuple[float, float]],
     results: Sequence[Classification],
     *,
     labels: Sequence[str],
@@ -186,29 +198,33 @@ def build_timeline(
     smooth_s: float = 3.0,
     untrained: bool = False,
 ) -> Timeline:
-    """Segments from each window's answer, then a per-second track smoothed over ``smooth_s``."""
-    if len(windows) != len(results):
-        raise ValueError(f"{len(windows)} windows but {len(results)} results")
-    if not windows:
+    """Segments from each window's answer, then a per-second track smoothed over ``smooth_s``.
+
+    ``spans`` are the windows' (start_s, end_s) only: callers drop the samples once sent, which
+    is what keeps memory flat for hours of audio.
+    """
+    if len(spans) != len(results):
+        raise ValueError(f"{len(spans)} windows but {len(results)} results")
+    if not spans:
         raise ValueError("a timeline needs at least one window")
     labels = tuple(labels)
     probabilities = np.array([_in_label_order(result, labels) for result in results], dtype=np.float64)
     segments = tuple(
         Segment(
-            start_s=w.start_s,
-            end_s=w.end_s,
+            start_s=start_s,
+            end_s=end_s,
             label=labels[int(np.argmax(p))],
             score=float(np.max(p)),
             scores=tuple(LabelScore(label, float(v)) for label, v in zip(labels, p, strict=True)),
         )
-        for w, p in zip(windows, probabilities, strict=True)
+        for (start_s, end_s), p in zip(spans, probabilities, strict=True)
     )
-    duration_s = max(w.end_s for w in windows)
+    duration_s = max(end_s for _, end_s in spans)
     seconds = math.ceil(duration_s - 1e-9)
     per_second = np.zeros((seconds, len(labels)))
-    for w, p in zip(windows, probabilities, strict=True):
-        for second in range(int(w.start_s), min(seconds, math.ceil(w.end_s - 1e-9))):
-            overlap = min(w.end_s, second + 1) - max(w.start_s, second)
+    for (start_s, end_s), p in zip(spans, probabilities, strict=True):
+        for second in range(int(start_s), min(seconds, math.ceil(end_s - 1e-9))):
+            overlap = min(end_s, second + 1) - max(start_s, second)
             if overlap > 0:
                 per_second[second] += overlap * p
     per_second /= np.maximum(per_second.sum(axis=1, keepdims=True), 1e-12)
@@ -250,4 +266,64 @@ def _moving_average(rows: npt.NDArray[np.float64], width: int) -> npt.NDArray[np
     for i in range(rows.shape[0]):
         low, high = max(0, i - half), min(rows.shape[0], i - half + width)
         out[i] = (cumulative[high] - cumulative[low]) / (high - low)
+    return out
+
+
+def timeline_to_dict(timeline: Timeline) -> dict[str, Any]:
+    """Plain JSON-ready data; scores keyed by label so the document reads on its own."""
+
+    def scores(entries: tuple[LabelScore, ...]) -> dict[str, float]:
+        return {entry.label: round(entry.score, 6) for entry in entries}
+
+    return {
+        "duration_s": round(timeline.duration_s, 3),
+        "window_s": timeline.window_s,
+        "hop_s": timeline.hop_s,
+        "labels": list(timeline.labels),
+        "untrained": timeline.untrained,
+        "segments": [
+            {
+                "start_s": round(s.start_s, 3),
+                "end_s": round(s.end_s, 3),
+                "label": s.label,
+                "scores": scores(s.scores),
+            }
+            for s in timeline.segments
+        ],
+        "track": [
+            {"start_s": p.start_s, "end_s": round(p.end_s, 3), "label": p.label, "scores": scores(p.scores)}
+            for p in timeline.track
+        ],
+    }
+
+
+def save_timeline_png(timeline: Timeline, path: str | os.PathLike[str]) -> Path:
+    """Each class's smoothed probability over time, the winning class shaded behind; needs matplotlib."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError as error:
+        raise RuntimeError("plots need matplotlib: pip install 'emotion-client[plot]'") from error
+    times = np.array([(p.start_s + p.end_s) / 2 for p in timeline.track])
+    values = np.array([[entry.score for entry in p.scores] for p in timeline.track])
+    colours = [plt.get_cmap("tab10")(i) for i in range(10)]
+    figure, axes = plt.subplots(figsize=(max(8.0, min(24.0, timeline.duration_s / 20)), 3.5))
+    for point in timeline.track:
+        index = timeline.labels.index(point.label)
+        axes.axvspan(point.start_s, point.end_s, color=colours[index % len(colours)], alpha=0.12, linewidth=0)
+    for index, label in enumerate(timeline.labels):
+        axes.plot(times, values[:, index], color=colours[index % len(colours)], label=label, linewidth=1.5)
+    axes.set_xlim(0, timeline.duration_s)
+    axes.set_ylim(0, 1)
+    axes.set_xlabel("time (s)")
+    axes.set_ylabel("probability")
+    title = "emotion over time (shading: top label)"
+    axes.set_title(title + (" - UNTRAINED model" if timeline.untrained else ""))
+    axes.legend(loc="upper right", ncol=len(timeline.labels))
+    figure.tight_layout()
+    out = Path(path)
+    figure.savefig(out, dpi=110)
+    plt.close(figure)
     return out
