@@ -12,6 +12,25 @@ from pathlib import Path
 import pytest
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
+SOAK_SECONDS_ENV = "EMOTION_SOAK_SECONDS"
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.addoption(
+        "--soak-seconds",
+        type=float,
+        default=float(os.environ.get(SOAK_SECONDS_ENV, "60")),
+        help=f"length of the soak test's load (default 60, or ${SOAK_SECONDS_ENV})",
+    )
+
+
+def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
+    """The hardening tests' closing table (tests/triton_probes.py), after every run that produced rows."""
+    from triton_probes import REPORT, report_table
+
+    if REPORT:
+        terminalreporter.section("hardening report")
+        terminalreporter.write_line(report_table())
 
 
 @pytest.fixture(scope="session")
@@ -48,6 +67,9 @@ def tiny_repository(tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFacto
             "--max-queue-delay-us",
             "100000",
             "--intra-op-threads",
+            "1",
+            # One classifier instance, so that the batches test_batching counts all form in one place.
+            "--classifier-instances",
             "1",
         ],
         check=True,

@@ -6,6 +6,10 @@ import argparse
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from .security import GrpcTLS, TokenAuth
 
 __all__ = ["main"]
 
@@ -19,6 +23,7 @@ UNTRAINED_BANNER = """\
 def _parser() -> argparse.ArgumentParser:
     from .description import BatchingSettings, ModelDescription
     from .loading import DEFAULT_MODEL
+    from .security import API_GROUPS, DEFAULT_PROTECTED_APIS, DEFAULT_TOKEN_HEADER
 
     defaults = ModelDescription(labels=("_",))
     batching = BatchingSettings()
@@ -52,12 +57,31 @@ def _parser() -> argparse.ArgumentParser:
     export.add_argument(
         "--max-duration-s", type=float, default=defaults.max_duration_s, help="longest clip the server accepts"
     )
+    export.add_argument(
+        "--max-abs-amplitude",
+        type=float,
+        default=defaults.max_abs_amplitude,
+        help="largest |sample| the server accepts; louder clips are refused as not audio (default: 16-bit PCM "
+        "full scale, harmless to a normalising model; use ~1 for a model without do_normalize)",
+    )
     export.add_argument("--max-batch-size", type=int, default=batching.max_batch_size)
     export.add_argument(
         "--max-queue-delay-us",
         type=int,
         default=batching.max_queue_delay_us,
         help="how long the dynamic batcher waits to fill a batch",
+    )
+    export.add_argument(
+        "--max-queue-size",
+        type=int,
+        default=batching.max_queue_size,
+        help="requests each model may hold waiting; more are refused at once with UNAVAILABLE (REJECT policy)",
+    )
+    export.add_argument(
+        "--queue-timeout-ms",
+        type=int,
+        default=batching.queue_timeout_ms,
+        help="a request queued longer than this is refused with UNAVAILABLE (0: no limit)",
     )
     export.add_argument("--classifier-instances", type=int, default=batching.classifier_instances)
     export.add_argument("--preprocess-instances", type=int, default=batching.preprocess_instances)
@@ -79,6 +103,36 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--http-port", type=int, default=8000)
     serve.add_argument("--metrics-port", type=int, default=8002)
     serve.add_argument("--log-verbose", type=int, default=0)
+    serve.add_argument(
+        "--http-host",
+        default=None,
+        help="address of the HTTP and metrics endpoints, which have no TLS (default: --host, or 127.0.0.1 "
+        "when gRPC uses TLS)",
+    )
+    tls = serve.add_argument_group("gRPC TLS", "the gRPC endpoint accepts TLS connections only")
+    tls.add_argument("--grpc-tls-cert", type=Path, default=None, help="PEM server certificate chain")
+    tls.add_argument("--grpc-tls-key", type=Path, default=None, help="PEM private key of --grpc-tls-cert")
+    tls.add_argument(
+        "--grpc-tls-client-ca",
+        type=Path,
+        default=None,
+        help="PEM CA certificate: require mutual TLS, with client certificates signed by it",
+    )
+    auth = serve.add_argument_group(
+        "token auth", "requests to the protected APIs must carry a header holding the token (gRPC and HTTP)"
+    )
+    auth.add_argument(
+        "--auth-token-file",
+        type=Path,
+        default=None,
+        help="file whose first line is the token (e.g. from `openssl rand -hex 32`); no file: no auth",
+    )
+    auth.add_argument("--auth-header", default=DEFAULT_TOKEN_HEADER, help="header the token travels in")
+    auth.add_argument(
+        "--auth-apis",
+        default=",".join(DEFAULT_PROTECTED_APIS),
+        help=f"comma-separated API groups that need the token, of: {', '.join(API_GROUPS)}",
+    )
     demo = commands.add_parser(
         "demo",
         help="export a CPU repository if needed, serve it, classify audio files, stop",
@@ -106,9 +160,15 @@ def _export(args: argparse.Namespace) -> int:
             classifier_instances=args.classifier_instances,
             preprocess_instances=args.preprocess_instances,
             intra_op_threads=args.intra_op_threads,
+            max_queue_size=args.max_queue_size,
+            queue_timeout_ms=args.queue_timeout_ms,
         )
         description = describe(
-            loaded, batching=batching, min_duration_s=args.min_duration_s, max_duration_s=args.max_duration_s
+            loaded,
+            batching=batching,
+            min_duration_s=args.min_duration_s,
+            max_duration_s=args.max_duration_s,
+            max_abs_amplitude=args.max_abs_amplitude,
         )
         result = export(loaded, args.output, args.target, description)
     except (ModelUnavailableError, ExportError, ValueError) as error:
@@ -117,6 +177,24 @@ def _export(args: argparse.Namespace) -> int:
     untrained = " (UNTRAINED)" if result.provenance.untrained else ""
     print(f"wrote {result.repository} for {args.target}: labels {', '.join(result.description.labels)}{untrained}")
     return 0
+
+
+def _security(args: argparse.Namespace) -> tuple[GrpcTLS | None, TokenAuth | None]:
+    """The serve flags as typed settings; ValueError says which flag is wrong."""
+    from .security import GrpcTLS, TokenAuth, read_token
+
+    tls = None
+    if args.grpc_tls_cert is not None or args.grpc_tls_key is not None:
+        if args.grpc_tls_cert is None or args.grpc_tls_key is None:
+            raise ValueError("--grpc-tls-cert and --grpc-tls-key go together")
+        tls = GrpcTLS(certificate=args.grpc_tls_cert, private_key=args.grpc_tls_key, client_ca=args.grpc_tls_client_ca)
+    elif args.grpc_tls_client_ca is not None:
+        raise ValueError("--grpc-tls-client-ca needs --grpc-tls-cert and --grpc-tls-key")
+    auth = None
+    if args.auth_token_file is not None:
+        apis = tuple(api.strip() for api in args.auth_apis.split(",") if api.strip())
+        auth = TokenAuth(token=read_token(args.auth_token_file), header=args.auth_header, apis=apis)
+    return tls, auth
 
 
 def _serve(args: argparse.Namespace) -> int:
@@ -129,6 +207,11 @@ def _serve(args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
         return 2
+    try:
+        tls, auth = _security(args)
+    except ValueError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
     return serve(
         args.model_repository,
         grpc_port=args.grpc_port,
@@ -136,6 +219,9 @@ def _serve(args: argparse.Namespace) -> int:
         metrics_port=args.metrics_port,
         host=args.host,
         log_verbose=args.log_verbose,
+        tls=tls,
+        auth=auth,
+        http_host=args.http_host,
     )
 
 

@@ -77,6 +77,7 @@ def preprocess_config(description: ModelDescription) -> mc.ModelConfig:
             "do_normalize": "true" if description.do_normalize else "false",
             "min_samples": str(description.min_samples),
             "max_samples": str(description.max_samples),
+            "max_abs_amplitude": repr(description.max_abs_amplitude),
         },
     )
     return config
@@ -104,7 +105,17 @@ def classifier_config(description: ModelDescription, target: Target) -> mc.Model
     elif target == "cpu":
         config.backend = "python"
         config.instance_group.add(kind=mc.ModelInstanceGroup.KIND_CPU, count=batching.classifier_instances)
-        _parameters(config, {"intra_op_threads": str(batching.intra_op_threads)})
+        # The runner checks each clip on its own too: the classifier is reachable without the ensemble,
+        # and one clip too short for the conv stack would otherwise fail everyone in its batch.
+        _parameters(
+            config,
+            {
+                "intra_op_threads": str(batching.intra_op_threads),
+                "sample_rate": str(description.sample_rate),
+                "min_samples": str(description.min_samples),
+                "max_samples": str(description.max_samples),
+            },
+        )
     else:
         raise ValueError(f"target must be 'gpu' or 'cpu', got {target!r}")
     return config

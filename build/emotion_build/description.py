@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import dataclasses
 import json
-from collections.abc import Mapping
+import math
+from collections.abc import Mapping, Sequence
 from typing import Literal
 
 __all__ = [
@@ -19,6 +20,7 @@ __all__ = [
     "EMBEDDING_OUTPUT",
     "ENSEMBLE_MODEL",
     "LOGITS_OUTPUT",
+    "MAX_ABS_AMPLITUDE",
     "PREPROCESS_MODEL",
     "PROBABILITIES_OUTPUT",
     "WAVEFORM",
@@ -27,6 +29,7 @@ __all__ = [
     "ModelDescription",
     "Provenance",
     "Target",
+    "receptive_field",
 ]
 
 Target = Literal["gpu", "cpu"]
@@ -48,6 +51,15 @@ EMBEDDING_OUTPUT = "embedding"
 CLASSIFIER_OUTPUTS = (LOGITS_OUTPUT, PROBABILITIES_OUTPUT, EMBEDDING_OUTPUT)
 """In the order the TorchScript forward() returns them: libtorch maps outputs by config order."""
 
+MAX_ABS_AMPLITUDE = 32768.0
+"""Default of the largest |sample| the server accepts: the full scale of 16-bit PCM.
+
+Audio is float samples in [-1, 1]. A client that sends 16-bit PCM without scaling it still gets
+the right answer (normalisation makes the model blind to scale), so that much is let through;
+anything louder is not audio at any common scale (unscaled 24/32-bit PCM, garbage memory), and
+from about 1.8e19 the float32 variance overflows and the clip would silently normalise to zeros.
+Models with `do_normalize` false should export with a limit near 1."""
+
 LABELS_FILE = "labels.txt"
 MODEL_FILE = "model.pt"
 PROVENANCE_FILE = "export.json"
@@ -66,7 +78,7 @@ class BatchingSettings:
     max_queue_size: int = 256
     """Requests a model may hold waiting; beyond it Triton rejects at once instead of queueing without bound."""
     queue_timeout_ms: int = 10_000
-    """A request still queued after this long is rejected (clients may ask for less with a timeout)."""
+    """A request still queued after this long is rejected (clients may ask for less with a timeout); 0: never."""
     warmup_count: int = 2
     """Runs of a 1 s clip at load time: TorchScript's profiling executor optimises on its first runs."""
 
@@ -103,6 +115,10 @@ class ModelDescription:
     do_normalize: bool = True
     min_duration_s: float = 0.1
     max_duration_s: float = 30.0
+    max_abs_amplitude: float = MAX_ABS_AMPLITUDE
+    """Largest |sample| the server accepts before it refuses a clip as not audio."""
+    receptive_field_samples: int = 400
+    """Samples the convolutional feature encoder needs for one frame (wav2vec2-base: 400, 25 ms)."""
     batching: BatchingSettings = dataclasses.field(default_factory=BatchingSettings)
     untrained: bool = False
 
@@ -119,6 +135,14 @@ class ModelDescription:
             raise ValueError(
                 f"need 0 < min_duration_s < max_duration_s, got {self.min_duration_s} and {self.max_duration_s}"
             )
+        if self.min_samples < self.receptive_field_samples:
+            raise ValueError(
+                f"min_duration_s {self.min_duration_s} s ({self.min_samples} samples) is shorter than the model's "
+                f"receptive field of {self.receptive_field_samples} samples, so such a clip gives no frame; "
+                f"raise --min-duration-s to at least {self.receptive_field_samples / self.sample_rate:g}"
+            )
+        if not 0 < self.max_abs_amplitude < math.inf:
+            raise ValueError(f"max_abs_amplitude must be a positive finite number, got {self.max_abs_amplitude}")
         if self.batching.max_batch_size < 1:
             raise ValueError(f"max_batch_size must be >= 1, got {self.batching.max_batch_size}")
         if self.batching.max_queue_size < self.batching.max_batch_size:
@@ -126,6 +150,8 @@ class ModelDescription:
                 f"max_queue_size ({self.batching.max_queue_size}) must hold at least one batch "
                 f"(max_batch_size {self.batching.max_batch_size})"
             )
+        if self.batching.queue_timeout_ms < 0:
+            raise ValueError(f"queue_timeout_ms must be >= 0 (0: no timeout), got {self.batching.queue_timeout_ms}")
 
     @property
     def min_samples(self) -> int:
@@ -144,6 +170,17 @@ class ModelDescription:
         return tuple(by_index[i] for i in range(len(by_index)))
 
 
+def receptive_field(kernels: Sequence[int], strides: Sequence[int]) -> int:
+    """Input samples behind one output frame of a stack of 1-D convolutions (no padding, no dilation)."""
+    if len(kernels) != len(strides) or not kernels:
+        raise ValueError(f"need one stride per kernel, got kernels {list(kernels)} and strides {list(strides)}")
+    field, jump = 1, 1
+    for kernel, stride in zip(kernels, strides, strict=True):
+        field += (kernel - 1) * jump
+        jump *= stride
+    return field
+
+
 def ensemble_parameters(description: ModelDescription) -> dict[str, str]:
     """What the SDK reads from the ensemble's config, so the client never hard-codes any of it."""
     return {
@@ -155,5 +192,6 @@ def ensemble_parameters(description: ModelDescription) -> dict[str, str]:
         "embedding_output": EMBEDDING_OUTPUT,
         "min_duration_s": repr(description.min_duration_s),
         "max_duration_s": repr(description.max_duration_s),
+        "max_abs_amplitude": repr(description.max_abs_amplitude),
         "untrained": "true" if description.untrained else "false",
     }

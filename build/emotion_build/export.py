@@ -14,7 +14,14 @@ import torch
 import transformers
 
 from .batched_classifier import RaggedEmotionClassifier
-from .description import BatchingSettings, ModelDescription, Provenance, Target
+from .description import (
+    MAX_ABS_AMPLITUDE,
+    BatchingSettings,
+    ModelDescription,
+    Provenance,
+    Target,
+    receptive_field,
+)
 from .loading import LoadedModel
 from .repository import write_repository
 from .triton_models.waveform import normalise
@@ -49,16 +56,24 @@ class ExportResult:
 
 
 def describe(
-    loaded: LoadedModel, *, batching: BatchingSettings, min_duration_s: float, max_duration_s: float
+    loaded: LoadedModel,
+    *,
+    batching: BatchingSettings,
+    min_duration_s: float,
+    max_duration_s: float,
+    max_abs_amplitude: float = MAX_ABS_AMPLITUDE,
 ) -> ModelDescription:
     """Everything the served models need to know, read from the HF model and feature extractor."""
     extractor = loaded.feature_extractor
+    config = loaded.model.config
     return ModelDescription(
         labels=ModelDescription.labels_from_id2label(loaded.model.config.id2label or {}),
         sample_rate=int(extractor.sampling_rate),
         do_normalize=bool(extractor.do_normalize),
         min_duration_s=min_duration_s,
         max_duration_s=max_duration_s,
+        max_abs_amplitude=max_abs_amplitude,
+        receptive_field_samples=receptive_field(config.conv_kernel, config.conv_stride),
         batching=batching,
         untrained=loaded.untrained,
         embedding_size=int(loaded.model.config.classifier_proj_size),

@@ -28,7 +28,7 @@ MODEL_SOURCES: dict[str, dict[Target, tuple[tuple[str, str], ...]]] = {
     },
     CLASSIFIER_MODEL: {
         "gpu": (),
-        "cpu": (("classifier_model.py", "model.py"), ("ragged.py", "ragged.py")),
+        "cpu": (("classifier_model.py", "model.py"), ("ragged.py", "ragged.py"), ("waveform.py", "waveform.py")),
     },
     ENSEMBLE_MODEL: {"gpu": (), "cpu": ()},
 }

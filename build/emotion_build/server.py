@@ -36,14 +36,18 @@ from pathlib import Path
 from types import FrameType, TracebackType
 from typing import IO, TYPE_CHECKING
 
+from .security import GrpcTLS, TokenAuth
+
 if TYPE_CHECKING:
     from typing import Self
 
 __all__ = [
     "PYTRITON_REQUIREMENT",
+    "STUB_DIED_STATUS",
     "Endpoints",
     "ServerError",
     "ServerStartError",
+    "StubProcess",
     "TritonInstall",
     "TritonNotFoundError",
     "TritonServer",
@@ -61,6 +65,11 @@ _TRITON_VERSION_BY_PYTRITON: Mapping[str, str] = {"0.7.0": "2.51.0"}
 """The binary reports no version before it runs, so the wheel's version stands in for it."""
 
 _STUB_NAME = "triton_python_backend_stub"
+_STUB_INSTANCE_ARG = 8
+"""Position of the instance name ("classifier_0_0") on the 2.51 stub's command line."""
+_STUB_SHM_ARG = 2
+"""Position of the stub's shared-memory region name on its command line."""
+_SHM_DIR = Path("/dev/shm")
 _PYTHON_BACKEND_LIBRARY = "libtriton_python.so"
 _LOG_TAIL_LINES = 40
 _ERROR_LINES = 20
@@ -76,6 +85,9 @@ _SERVER_EXIT_TIMEOUT_S = 20
 _STRAGGLER_GRACE_S = 5.0
 """Stubs notice a dead server within about a second and then free their shared memory themselves."""
 _FAILED_START_STOP_TIMEOUT_S = 10.0
+_STUB_WATCH_INTERVAL_S = 0.5
+STUB_DIED_STATUS = 3
+"""`serve`'s exit status when a Python-backend stub died and it stopped the server (see `serve`)."""
 _PORT_ATTEMPTS = 3
 _PORT_CONFLICT_MARKERS = ("already in use", "Address in use")
 _DIE_WITH_PARENT = (
@@ -117,6 +129,8 @@ class Endpoints:
     grpc_port: int
     http_port: int
     metrics_port: int
+    http_host: str | None = None
+    """Where HTTP and metrics answer when that differs from `host` (they stay on loopback under TLS)."""
 
     @property
     def grpc_url(self) -> str:
@@ -125,11 +139,26 @@ class Endpoints:
 
     @property
     def http_url(self) -> str:
-        return f"http://{_url_host(self.host)}:{self.http_port}"
+        return f"http://{_url_host(self.http_host or self.host)}:{self.http_port}"
 
     @property
     def metrics_url(self) -> str:
-        return f"http://{_url_host(self.host)}:{self.metrics_port}/metrics"
+        return f"http://{_url_host(self.http_host or self.host)}:{self.metrics_port}/metrics"
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class StubProcess:
+    """One Python-backend stub: the process that runs one instance of a Python model."""
+
+    pid: int
+    instance: str
+    """Triton's name for the model instance, e.g. "classifier_0_0"."""
+    shm_region: str = ""
+    """The shared-memory region (a name in /dev/shm) through which the stub and the server exchange tensors."""
+
+    @property
+    def model(self) -> str:
+        return self.instance.rsplit("_", 2)[0]
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -225,15 +254,25 @@ class TritonServer:
         log_to_stderr: bool = False,
         extra_args: Sequence[str] = (),
         install: TritonInstall | None = None,
+        tls: GrpcTLS | None = None,
+        auth: TokenAuth | None = None,
+        http_host: str | None = None,
     ) -> None:
         """`log_file` None keeps the output in a temporary file (read back into memory and deleted at
         stop); `log_to_stderr` sends it straight to our stderr instead, for an operator watching
-        live, at the price of no log tail in errors. `extra_args` go last so they can override."""
+        live, at the price of no log tail in errors. `extra_args` go last so they can override.
+
+        `tls` makes gRPC TLS-only; `auth` requires its header on every protected API of gRPC and
+        HTTP (our own readiness probes send it). `http_host` binds HTTP and metrics elsewhere than
+        `host`; both have no TLS in Triton, so keep them on loopback when gRPC is exposed with TLS."""
         if log_file is not None and log_to_stderr:
             raise ValueError("log_file and log_to_stderr are exclusive: the output goes to one place")
         self._model_repository = Path(model_repository)
         self._requested_ports = (grpc_port, http_port, metrics_port)
         self._host = host
+        self._http_host = http_host
+        self._tls = tls
+        self._auth = auth
         self._log_verbose = log_verbose
         self._log_to_stderr = log_to_stderr
         self._extra_args = tuple(extra_args)
@@ -244,6 +283,7 @@ class TritonServer:
         self._process: subprocess.Popen[bytes] | None = None
         self._endpoints: Endpoints | None = None
         self._exit_code: int | None = None
+        self._shm_regions: tuple[str, ...] = ()
 
     def __enter__(self) -> Self:
         self.start()
@@ -274,6 +314,45 @@ class TritonServer:
         if self._install is None:
             self._install = find_tritonserver()
         return self._install
+
+    @property
+    def tls(self) -> GrpcTLS | None:
+        return self._tls
+
+    @property
+    def auth(self) -> TokenAuth | None:
+        return self._auth
+
+    @property
+    def auth_summary(self) -> str:
+        """What a client must send, without the secret: for logs and the `serve` banner."""
+        if self._auth is None:
+            return "none (every API open)"
+        (grpc_header,) = self._auth.grpc_headers
+        return (
+            f"token required for {', '.join(self._auth.apis)} "
+            f"(gRPC header '{grpc_header}', HTTP header '{self._auth.header}')"
+        )
+
+    @property
+    def auth_headers(self) -> Mapping[str, str]:
+        """The HTTP header a request needs under `auth` (empty without auth); gRPC: `auth.grpc_headers`."""
+        return {} if self._auth is None else self._auth.http_headers
+
+    def python_stubs(self) -> tuple[StubProcess, ...]:
+        """The live Python-backend stubs of this server, by pid; empty once it has stopped."""
+        if not self.running:
+            return ()
+        stubs = []
+        for pid in _process_group_members(self._require_process().pid):
+            try:
+                argv = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+            except OSError:
+                continue
+            if argv and Path(os.fsdecode(argv[0])).name == _STUB_NAME and len(argv) > _STUB_INSTANCE_ARG:
+                region = os.fsdecode(argv[_STUB_SHM_ARG])
+                stubs.append(StubProcess(pid, os.fsdecode(argv[_STUB_INSTANCE_ARG]), region))
+        return tuple(sorted(stubs, key=lambda stub: stub.pid))
 
     @property
     def running(self) -> bool:
@@ -315,6 +394,7 @@ class TritonServer:
             except BaseException:  # e.g. KeyboardInterrupt: __exit__ will not run, so stop it here
                 self._shutdown(self._require_process(), signal.SIGTERM, _FAILED_START_STOP_TIMEOUT_S)
                 raise
+            self._shm_regions = tuple(stub.shm_region for stub in self.python_stubs())
             _LOGGER.info("tritonserver %s ready (pid %d) at %s", install.version, self.pid, self.endpoints)
             return self.endpoints
         raise AssertionError("unreachable: the last attempt returns or raises")
@@ -324,7 +404,7 @@ class TritonServer:
         request = urllib.request.Request(
             f"{self.endpoints.http_url}/v2/repository/index",
             data=json.dumps({"ready": True}).encode(),
-            headers={"Content-Type": "application/json"},
+            headers={"Content-Type": "application/json", **self.auth_headers},
             method="POST",
         )
         with _NO_PROXY_OPENER.open(request, timeout=_HTTP_PROBE_TIMEOUT_S) as response:
@@ -348,6 +428,17 @@ class TritonServer:
         assert self._exit_code is not None
         return self._exit_code
 
+    def poll(self, *, timeout_s: float = 0.0) -> int | None:
+        """Like wait(), but give up after `timeout_s` and return None if the server still runs."""
+        process = self._require_process()
+        if self._exit_code is None:
+            try:
+                process.wait(timeout=timeout_s)
+            except subprocess.TimeoutExpired:
+                return None
+            self._finish(process)
+        return self._exit_code
+
     def _signal(self, signum: int) -> None:
         """Signal the server unless it has already been reaped (its pid may then be someone else's).
 
@@ -367,27 +458,37 @@ class TritonServer:
         requested = self._requested_ports
         fresh = iter(_free_ports(sum(port is None for port in requested)))
         grpc_port, http_port, metrics_port = (next(fresh) if port is None else port for port in requested)
-        self._endpoints = Endpoints(_connect_host(self._host), grpc_port, http_port, metrics_port)
+        http_bind = self._host if self._http_host is None else self._http_host
+        http_host = None if http_bind == self._host else _connect_host(http_bind)
+        self._endpoints = Endpoints(_connect_host(self._host), grpc_port, http_port, metrics_port, http_host)
         command = [
             str(install.binary),
             f"--model-repository={self._model_repository.resolve()}",
             f"--backend-directory={install.backends_dir}",
             f"--grpc-address={self._host}",
             f"--grpc-port={grpc_port}",
-            f"--http-address={self._host}",
+            f"--http-address={http_bind}",
             f"--http-port={http_port}",
-            f"--metrics-address={self._host}",
+            f"--metrics-address={http_bind}",
             f"--metrics-port={metrics_port}",
             f"--log-verbose={self._log_verbose}",
             "--exit-on-error=true",
             "--strict-readiness=true",
             "--disable-auto-complete-config",
             f"--exit-timeout-secs={_SERVER_EXIT_TIMEOUT_S}",
+            "--model-control-mode=none",
         ]
+        if self._tls is not None:
+            command.extend(self._tls.server_args())
+        if self._auth is not None:
+            command.extend(self._auth.server_args())
         if install.caches_dir is not None:
             command.append(f"--cache-directory={install.caches_dir}")
         command.extend(self._extra_args)
-        _LOGGER.debug("launching %s", " ".join(command))
+        shown = " ".join(command)
+        if self._auth is not None:
+            shown = shown.replace(self._auth.token, "<token>")
+        _LOGGER.debug("launching %s", shown)
         if _in_main_thread():
             command = [sys.executable, "-I", "-S", "-c", _DIE_WITH_PARENT, str(os.getpid()), *command]
         output: IO[bytes] | int | None
@@ -415,7 +516,7 @@ class TritonServer:
             if exit_code is not None:
                 self._finish(process)
                 raise self._start_error(f"tritonserver exited with status {exit_code} before it was ready")
-            if _answers_200(ready_url):
+            if _answers_200(ready_url, self.auth_headers):
                 return
             if time.monotonic() >= deadline:
                 self._shutdown(process, signal.SIGTERM, _FAILED_START_STOP_TIMEOUT_S)
@@ -462,6 +563,7 @@ class TritonServer:
     def _finish(self, process: subprocess.Popen[bytes]) -> int:
         """Bookkeeping once the server has exited: sweep its group, keep the log, forget the process."""
         _sweep_process_group(process.pid)
+        _remove_shared_memory(self._shm_regions)
         exit_code = process.returncode
         self._exit_code = exit_code
         if self._owns_log and self._log_path is not None and self._saved_log is None:
@@ -484,16 +586,27 @@ def serve(
     ready_timeout_s: float = 180.0,
     extra_args: Sequence[str] = (),
     install: TritonInstall | None = None,
+    tls: GrpcTLS | None = None,
+    auth: TokenAuth | None = None,
+    http_host: str | None = None,
 ) -> int:
     """Run tritonserver in the foreground until SIGINT/SIGTERM; returns a shell-style exit status.
 
     The server's output goes to our stderr and the endpoint summary to stdout. The first SIGINT or
     SIGTERM is forwarded once (the server sits in its own process group, so a terminal Ctrl-C does
     not reach it twice) and we wait for a clean shutdown; a second one kills it. Loopback by
-    default: pass host="0.0.0.0" to expose the server.
+    default: pass host="0.0.0.0" to expose the server. With `tls`, HTTP and metrics (which have
+    no TLS in Triton) stay on 127.0.0.1 unless `http_host` says otherwise.
+
+    A watchdog covers what Triton 2.51 does not: when a Python-backend stub dies (OOM killer, a
+    crash in native code), Triton neither restarts it nor stops reporting ready, and every request
+    to that model fails from then on. serve() then stops the server and returns STUB_DIED_STATUS,
+    so that its supervisor (docker's restart policy, systemd, Kubernetes) starts a fresh one.
     """
     if not _in_main_thread():
         raise RuntimeError("serve() installs signal handlers and must run in the main thread")
+    if tls is not None and http_host is None:
+        http_host = "127.0.0.1"
     server = TritonServer(
         model_repository,
         grpc_port=grpc_port,
@@ -504,6 +617,9 @@ def serve(
         log_to_stderr=True,
         extra_args=extra_args,
         install=install,
+        tls=tls,
+        auth=auth,
+        http_host=http_host,
     )
     received: list[int] = []
 
@@ -532,7 +648,22 @@ def serve(
         if received:  # a signal that came before the pid existed
             return _shell_status(server.stop())
         print(_summary(server, endpoints, host), flush=True)
-        return _shell_status(server.wait())
+        stubs = server.python_stubs()
+        while (exit_code := server.poll(timeout_s=_STUB_WATCH_INTERVAL_S)) is None:
+            alive = {stub.pid for stub in server.python_stubs()}
+            dead = [stub for stub in stubs if stub.pid not in alive]
+            if dead and not received:
+                names = ", ".join(f"{stub.instance} (pid {stub.pid})" for stub in dead)
+                print(
+                    f"error: the Python-backend stub of {names} died. tritonserver {server.install.version} neither "
+                    "restarts it nor stops reporting ready, so every request to that model would fail from now on "
+                    "(triton-inference-server/server#8604); stopping the server so that its supervisor restarts it",
+                    file=sys.stderr,
+                    flush=True,
+                )
+                server.stop()
+                return STUB_DIED_STATUS
+        return _shell_status(exit_code)
     finally:
         if server.pid is not None:
             server.stop()
@@ -545,9 +676,10 @@ def _summary(server: TritonServer, endpoints: Endpoints, bind_host: str) -> str:
     return "\n".join(
         [
             f"tritonserver {server.install.version} ready (pid {server.pid}), models: {models}",
-            f"  gRPC     {endpoints.grpc_url}",
+            f"  gRPC     {endpoints.grpc_url}{' (TLS)' if server.tls else ''}",
             f"  HTTP     {endpoints.http_url}",
             f"  metrics  {endpoints.metrics_url}",
+            f"  auth     {server.auth_summary}",
             f"listening on {bind_host}; Ctrl-C stops the server",
         ]
     )
@@ -671,9 +803,11 @@ _NO_PROXY_OPENER = urllib.request.build_opener(urllib.request.ProxyHandler({}))
 """Health probes go to the server itself, never through an http_proxy from the environment."""
 
 
-def _answers_200(url: str) -> bool:
+def _answers_200(url: str, headers: Mapping[str, str]) -> bool:
     try:
-        with _NO_PROXY_OPENER.open(url, timeout=_HTTP_PROBE_TIMEOUT_S) as response:
+        with _NO_PROXY_OPENER.open(
+            urllib.request.Request(url, headers=dict(headers)), timeout=_HTTP_PROBE_TIMEOUT_S
+        ) as response:
             return int(response.status) == 200
     except (urllib.error.URLError, OSError, http.client.HTTPException):
         return False
@@ -705,6 +839,19 @@ def _process_group_members(pgid: int) -> list[int]:
         if fields[0] != "Z" and int(fields[2]) == pgid:
             members.append(int(entry.name))
     return members
+
+
+def _remove_shared_memory(regions: Sequence[str]) -> None:
+    """Unlink the stubs' regions that a killed server left in /dev/shm (a clean exit leaves none).
+
+    Only called once every process of the server's group is gone, and the names carry a UUID, so
+    nobody else can still be using them."""
+    for name in regions:
+        if not name.startswith("triton_python_backend_shm_region_") or "/" in name:
+            continue
+        with contextlib.suppress(FileNotFoundError):
+            (_SHM_DIR / name).unlink()
+            _LOGGER.info("removed shared memory %s left behind by tritonserver", name)
 
 
 def _sweep_process_group(pgid: int) -> None:

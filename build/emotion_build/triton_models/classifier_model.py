@@ -1,7 +1,9 @@
 """Triton Python-backend model `classifier` for CPU servers without the libtorch backend.
 
 It loads the very model.pt that `platform: "pytorch_libtorch"` serves on GPU and feeds it the
-same ragged batch that backend would build, so CPU and GPU serve one artifact.
+same ragged batch that backend would build, so CPU and GPU serve one artifact. Each clip is
+checked on its own first (the classifier can be called without the ensemble): a bad clip gets
+its own INVALID_ARG response and the rest of the batch runs without it.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ import numpy as np
 import torch
 import triton_python_backend_utils as pb_utils  # provided by Triton's Python-backend stub
 from ragged import concatenate, split_rows  # copied beside this file
+from waveform import WaveformError, WaveformLimits, validate  # copied beside this file
 
 
 class TritonPythonModel:
@@ -23,21 +26,43 @@ class TritonPythonModel:
         threads = int(parameters.get("intra_op_threads", "0"))
         if threads > 0:
             torch.set_num_threads(threads)
+        self.limits = WaveformLimits(
+            sample_rate=int(parameters["sample_rate"]),
+            min_samples=int(parameters["min_samples"]),
+            max_samples=int(parameters["max_samples"]),
+        )
         self.input_name = config["input"][0]["name"]
         self.output_names = [output["name"] for output in config["output"]]
         path = os.path.join(args["model_repository"], args["model_version"], "model.pt")
         self.model = torch.jit.load(path, map_location="cpu").eval()  # type: ignore[no-untyped-call]
 
     def execute(self, requests: list[Any]) -> list[Any]:
-        clips = [pb_utils.get_input_tensor_by_name(request, self.input_name).as_numpy() for request in requests]
+        responses: list[Any] = [None] * len(requests)
+        clips, runnable = [], []
+        for index, request in enumerate(requests):
+            try:
+                clip = validate(pb_utils.get_input_tensor_by_name(request, self.input_name).as_numpy(), self.limits)
+            except WaveformError as error:
+                responses[index] = pb_utils.InferenceResponse(
+                    error=pb_utils.TritonError(str(error), pb_utils.TritonError.INVALID_ARG)
+                )
+                continue
+            clips.append(clip)
+            runnable.append(index)
+        if clips:
+            for index, response in zip(runnable, self._run(clips), strict=True):
+                responses[index] = response
+        return responses
+
+    def _run(self, clips: list[Any]) -> list[Any]:
         flat, ends = concatenate(clips)
         try:
             with torch.inference_mode():
                 outputs = self.model(torch.from_numpy(flat), torch.from_numpy(ends))
         except RuntimeError as error:
-            message = f"classifier failed on a batch of {len(requests)}: {error}"
-            return [pb_utils.InferenceResponse(error=pb_utils.TritonError(message)) for _ in requests]
-        rows = [split_rows(np.ascontiguousarray(output.numpy()), len(requests)) for output in outputs]
+            message = f"classifier failed on a batch of {len(clips)}: {error}"
+            return [pb_utils.InferenceResponse(error=pb_utils.TritonError(message)) for _ in clips]
+        rows = [split_rows(np.ascontiguousarray(output.numpy()), len(clips)) for output in outputs]
         return [
             pb_utils.InferenceResponse(
                 output_tensors=[
@@ -45,5 +70,5 @@ class TritonPythonModel:
                     for name, per_output in zip(self.output_names, rows, strict=True)
                 ]
             )
-            for i in range(len(requests))
+            for i in range(len(clips))
         ]

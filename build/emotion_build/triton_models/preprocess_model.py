@@ -17,6 +17,7 @@ class TritonPythonModel:
             sample_rate=int(parameters["sample_rate"]),
             min_samples=int(parameters["min_samples"]),
             max_samples=int(parameters["max_samples"]),
+            max_abs_amplitude=float(parameters["max_abs_amplitude"]),
         )
         self.do_normalize = parameters["do_normalize"] == "true"
         self.input_name = config["input"][0]["name"]

@@ -1,5 +1,8 @@
 """Server-side checks and normalisation of one clip, with NumPy only (it runs in Triton's stub).
 
+`validate` refuses, in this order: a dtype other than float32, a shape other than [1, samples],
+too few or too many samples, NaN or infinite samples, and samples louder than the amplitude limit.
+
 Normalisation copies `Wav2Vec2FeatureExtractor.zero_mean_unit_var_norm` for one unpadded clip,
 in float32 like the feature extractor, so served inputs match what the model saw in training.
 """
@@ -7,6 +10,7 @@ in float32 like the feature extractor, so served inputs match what the model saw
 from __future__ import annotations
 
 import dataclasses
+import math
 
 import numpy as np
 import numpy.typing as npt
@@ -28,6 +32,16 @@ class WaveformLimits:
     sample_rate: int
     min_samples: int
     max_samples: int
+    max_abs_amplitude: float | None = None
+    """Largest |sample| accepted; None checks no amplitude (the classifier's normalised input)."""
+
+    def __post_init__(self) -> None:
+        if self.sample_rate <= 0:
+            raise ValueError(f"sample_rate must be positive, got {self.sample_rate}")
+        if not 1 <= self.min_samples <= self.max_samples:
+            raise ValueError(f"need 1 <= min_samples <= max_samples, got {self.min_samples} and {self.max_samples}")
+        if self.max_abs_amplitude is not None and not 0 < self.max_abs_amplitude < math.inf:
+            raise ValueError(f"max_abs_amplitude must be a positive finite number, got {self.max_abs_amplitude}")
 
     def describe(self, samples: int) -> str:
         return f"{samples / self.sample_rate:.3f} s ({samples} samples at {self.sample_rate} Hz)"
@@ -54,6 +68,15 @@ def validate(audio: npt.NDArray[np.generic], limits: WaveformLimits) -> FloatArr
         nan = int(np.isnan(clip).sum())
         inf = int(samples - finite.sum()) - nan
         raise WaveformError(f"audio must be finite: found {nan} NaN and {inf} infinite samples of {samples}")
+    if limits.max_abs_amplitude is not None:
+        peak = float(np.abs(clip).max())
+        if peak > limits.max_abs_amplitude:
+            loud = int((np.abs(clip) > limits.max_abs_amplitude).sum())
+            raise WaveformError(
+                f"audio is not a waveform: {loud} of {samples} samples exceed the amplitude limit of "
+                f"{limits.max_abs_amplitude:g} (peak |sample| {peak:.4g}); send float samples in [-1, 1] "
+                "(integer PCM divided by its full scale)"
+            )
     return clip
 
 

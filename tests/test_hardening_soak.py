@@ -1,0 +1,182 @@
+"""Soak: bounded mixed-length load on a dedicated server; no errors, every answer right, and the
+resident memory of tritonserver and each stub measured from the start to the end of the soak.
+
+`make test` soaks for 60 s; `pytest --soak-seconds 1800` (or EMOTION_SOAK_SECONDS=1800) for longer.
+
+The server runs with `MALLOC_MMAP_THRESHOLD_=131072`, so that every buffer of 128 KiB or more (all
+audio and activations) is its own mapping, returned to the kernel when freed: RSS then follows the
+memory in use and a leak shows. With glibc's default, whose threshold climbs to 32 MiB after the
+first large frees, freed activation buffers stay in the heap: the classifier stub climbs from about
+570 to 820 MiB over the first minutes as batch shapes vary and then wanders by +-50 MiB, which is
+retention, not a leak, and hides any leak smaller than that (docs/hardening.md has the numbers,
+and the throughput the setting costs).
+"""
+
+from __future__ import annotations
+
+import random
+import threading
+import time
+from collections import Counter
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import numpy as np
+import numpy.typing as npt
+import pytest
+from triton_probes import clip, format_table, infer, report, rss_kib
+from tritonclient.utils import InferenceServerException
+
+from emotion_build.server import TritonServer
+
+THREADS = 4
+CLIPS = 24
+WARMUP_FRACTION = 0.25
+WARMUP_REQUESTS = 300
+"""The warm-up also lasts until this many requests (at most a minute), so that a busy machine, which
+serves fewer per second, still settles the small-object heaps before the first reading."""
+MMAP_THRESHOLD = "131072"
+GROWTH_BOUND_MIB = 32.0
+"""Total RSS growth allowed from the end of the warm-up to the end of the soak, all processes.
+Measured over 60 s: -7 to +18 MiB (tritonserver's and the preprocess stubs' small-object heaps and
+gRPC buffers settling, more when the machine is busy and requests are slow). Leaking each request's
+audio once would exceed it after some 70 requests of the average clip; being absolute, the bound
+gets stricter per request the longer the soak: 30 minutes (~30k requests) catch a leak of about
+1 KiB per request."""
+
+
+def processes(server: TritonServer) -> dict[str, int]:
+    assert server.pid is not None
+    names = {"tritonserver": server.pid}
+    names.update({stub.instance: stub.pid for stub in server.python_stubs()})
+    return names
+
+
+class Load:
+    """THREADS clients sending random clips from the set, checking every answer."""
+
+    def __init__(self, url: str, clips: list[npt.NDArray[np.float32]], expected: list[npt.NDArray[np.float32]]) -> None:
+        self.url, self.clips, self.expected = url, clips, expected
+        self.outcomes: Counter[str] = Counter()
+        self.served_bytes = 0
+        self.latencies: list[float] = []
+        self._lock = threading.Lock()
+
+    def run(self, seconds: float, *, seed: int) -> None:
+        deadline = time.monotonic() + seconds
+        threads = [threading.Thread(target=self._client, args=(deadline, seed + i)) for i in range(THREADS)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(timeout=seconds + 120)
+        assert not any(thread.is_alive() for thread in threads), "a soak request hangs"
+
+    def _client(self, deadline: float, seed: int) -> None:
+        pick = random.Random(seed)
+        while time.monotonic() < deadline:
+            index = pick.randrange(len(self.clips))
+            started = time.perf_counter()
+            try:
+                answer = infer(self.url, self.clips[index], timeout_s=60)
+            except InferenceServerException as error:
+                with self._lock:
+                    self.outcomes[f"{error.status()}: {error.message()[:80]}"] += 1
+                continue
+            right = bool(np.allclose(answer, self.expected[index], atol=1e-5))
+            with self._lock:
+                self.outcomes["served right" if right else "served WRONG"] += 1
+                self.served_bytes += self.clips[index].nbytes
+                self.latencies.append(time.perf_counter() - started)
+
+
+@pytest.fixture(scope="module")
+def soak_server(tiny_repository: Path) -> Iterator[TritonServer]:
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("MALLOC_MMAP_THRESHOLD_", MMAP_THRESHOLD)  # the server and its stubs inherit it
+        server = TritonServer(tiny_repository)
+        server.start()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+def test_soak_has_no_errors_and_bounded_memory_growth(soak_server: TritonServer, pytestconfig: pytest.Config) -> None:
+    triton = soak_server
+    soak_s = float(pytestconfig.getoption("--soak-seconds"))
+    url = triton.endpoints.grpc_url
+    rng = np.random.default_rng(2024)
+    lengths_s = np.concatenate([[0.1, 0.5, 30.0], rng.uniform(0.2, 15.0, CLIPS - 3)])
+    clips = [clip(float(seconds), seed=500 + i) for i, seconds in enumerate(lengths_s)]
+    expected = [infer(url, c) for c in clips]
+    pids = processes(triton)
+
+    longest = clips[int(np.argmax(lengths_s))]
+    with ThreadPoolExecutor(THREADS) as pool:  # the largest batch the load can form
+        for _ in range(2):
+            list(pool.map(lambda _: infer(url, longest), range(THREADS)))
+    warmup = Load(url, clips, expected)
+    warm_started = time.monotonic()
+    warmup.run(max(WARMUP_FRACTION * soak_s, 10.0), seed=0)
+    while sum(warmup.outcomes.values()) < WARMUP_REQUESTS and time.monotonic() - warm_started < 60:
+        warmup.run(5.0, seed=len(warmup.latencies))
+    warm_s = time.monotonic() - warm_started
+    first_kib = {name: rss_kib(pid) for name, pid in pids.items()}
+
+    samples: list[tuple[float, dict[str, int]]] = []
+    sampling = threading.Event()
+
+    def sample() -> None:
+        started = time.monotonic()
+        while not sampling.wait(2.0):
+            samples.append((time.monotonic() - started, {name: rss_kib(pid) for name, pid in pids.items()}))
+
+    sampler = threading.Thread(target=sample)
+    sampler.start()
+    load = Load(url, clips, expected)
+    try:
+        load.run(soak_s, seed=100)
+    finally:
+        sampling.set()
+        sampler.join()
+    assert processes(triton) == pids, "a process of the server was replaced during the soak"
+    last_kib = {name: rss_kib(pid) for name, pid in pids.items()}
+
+    def mib(kib: float) -> str:
+        return f"{kib / 1024:.1f}"
+
+    rows: list[tuple[object, ...]] = [
+        (name, mib(first_kib[name]), mib(last_kib[name]), f"{(last_kib[name] - first_kib[name]) / 1024:+.1f}")
+        for name in pids
+    ]
+    start_total, end_total = sum(first_kib.values()), sum(last_kib.values())
+    growth_mib = (end_total - start_total) / 1024
+    rows.append(("total", mib(start_total), mib(end_total), f"{growth_mib:+.1f}"))
+    requests = sum(load.outcomes.values())
+    served_mib = load.served_bytes / 2**20
+    every = samples[:: max(1, len(samples) // 10)]
+    trend = "\n".join(
+        f"  {name:>15}: " + " ".join(f"{t:.0f}s:{kib[name] / 1024:.0f}" for t, kib in every) for name in pids
+    )
+    print(
+        f"\nsoak: {soak_s:g} s after {warm_s:.0f} s of warm-up ({sum(warmup.outcomes.values())} requests), "
+        f"{THREADS} threads, {requests} requests of {lengths_s.min():.1f}-{lengths_s.max():.0f} s "
+        f"({served_mib:.0f} MiB of audio); p50 {1000 * np.median(load.latencies):.0f} ms, "
+        f"max {1000 * max(load.latencies):.0f} ms; outcomes {dict(load.outcomes)}"
+    )
+    print(format_table(("process", "RSS start MiB", "RSS end MiB", "growth MiB"), rows))
+    print(f"RSS MiB over the soak:\n{trend}")
+    errors = requests - load.outcomes["served right"] + sum(warmup.outcomes.values()) - warmup.outcomes["served right"]
+    report(
+        "soak",
+        f"{soak_s:g} s (+{warm_s:.0f} s warm-up), clips 0.1-30 s, {THREADS} threads, mmap threshold 128 KiB",
+        tried=requests,
+        as_expected=load.outcomes["served right"],
+        lost=errors,
+        note=f"RSS {start_total / 1024:.0f} -> {end_total / 1024:.0f} MiB ({growth_mib:+.1f}) "
+        f"over {served_mib:.0f} MiB of audio",
+    )
+    assert errors == 0, (warmup.outcomes, load.outcomes)
+    assert requests >= THREADS
+    assert growth_mib < GROWTH_BOUND_MIB, "resident memory grows during the soak"
