@@ -17,7 +17,10 @@ __all__ = [
     "DEFAULT_WINDOW_S",
     "ENDPOINT_COOLDOWN_S",
     "LIVENESS_PROBE_TIMEOUT_S",
+    "MAX_CHANNELS",
     "MAX_GRPC_MESSAGE_BYTES",
+    "MAX_SAMPLE_RATE_HZ",
+    "MIN_SAMPLE_RATE_HZ",
     "READY_POLL_INTERVAL_S",
     "READY_POLL_MAX_INTERVAL_S",
     "URL_ENV_VAR",
@@ -78,3 +81,12 @@ AUDIO_FILE_SUFFIXES = frozenset(
     {".wav", ".wave", ".flac", ".ogg", ".oga", ".opus", ".mp3", ".aif", ".aiff", ".au", ".caf", ".w64"}
 )
 """File endings the CLI picks up when it walks a directory (files named explicitly are always read)."""
+
+MIN_SAMPLE_RATE_HZ = 1000
+"""Lowest sample rate accepted for a file or array; below it the input is not a recording."""
+
+MAX_SAMPLE_RATE_HZ = 768_000
+"""Highest sample rate accepted (the top of what audio interfaces record)."""
+
+MAX_CHANNELS = 32
+"""Most channels downmixed into the mono clip the model hears."""

@@ -15,9 +15,10 @@ import numpy.typing as npt
 import soundfile  # type: ignore[import-untyped, unused-ignore]
 import soxr  # type: ignore[import-untyped, unused-ignore]
 
+from ._defaults import MAX_CHANNELS, MAX_SAMPLE_RATE_HZ, MIN_SAMPLE_RATE_HZ
 from .errors import InvalidAudioError
 
-__all__ = ["AudioSource", "load_audio"]
+__all__ = ["AudioSource", "check_channels", "check_sample_rate", "load_audio"]
 
 _LOGGER = logging.getLogger(__name__)
 
@@ -55,11 +56,31 @@ def load_audio(
         )
     if rate <= 0:
         raise InvalidAudioError(f"sample_rate must be a positive number of Hz, got {rate}")
+    check_sample_rate(rate, what=what, from_argument=not isinstance(source, (str, os.PathLike)))
     mono = _to_mono_float32(samples, what=what)
     if rate != target_rate:
         _LOGGER.debug("resampling %s from %d Hz to %d Hz", what, rate, target_rate)
         mono = np.asarray(soxr.resample(mono, rate, target_rate, quality="HQ"), dtype=np.float32)
     return mono
+
+
+def check_sample_rate(rate: int, *, what: str, from_argument: bool) -> None:
+    """Refuse rates no recording has: resampling 1 Hz to 16 kHz would multiply the data 16000-fold."""
+    if MIN_SAMPLE_RATE_HZ <= rate <= MAX_SAMPLE_RATE_HZ:
+        return
+    supported = f"supported rates are {MIN_SAMPLE_RATE_HZ} to {MAX_SAMPLE_RATE_HZ} Hz"
+    if from_argument:
+        raise InvalidAudioError(f"sample_rate={rate} Hz given for the {what} is absurd; {supported}")
+    raise InvalidAudioError(f"{what} declares a sample rate of {rate} Hz; {supported}")
+
+
+def check_channels(channels: int, *, what: str) -> None:
+    """Averaging dozens of channels into one is never what a caller meant; make them choose."""
+    if channels > MAX_CHANNELS:
+        raise InvalidAudioError(
+            f"{what} has {channels} channels; at most {MAX_CHANNELS} are downmixed, "
+            "select the ones to classify"
+        )
 
 
 def _read_file(path: str | os.PathLike[str]) -> tuple[npt.NDArray[np.float32], int]:
@@ -96,6 +117,8 @@ def _to_mono_float32(samples: npt.NDArray[np.generic], *, what: str) -> npt.NDAr
             f"{what} has shape {samples.shape}, which looks like (channels, frames); "
             "pass it transposed (audio.T) as (frames, channels)"
         )
+    if samples.ndim == 2:
+        check_channels(samples.shape[1], what=what)
     floats = _scale_to_float32(samples, what=what)
     if not np.all(np.isfinite(floats)):
         raise InvalidAudioError(f"{what} contains NaN or infinite samples")

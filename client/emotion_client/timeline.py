@@ -20,7 +20,7 @@ import numpy.typing as npt
 import soundfile  # type: ignore[import-untyped, unused-ignore]
 import soxr  # type: ignore[import-untyped, unused-ignore]
 
-from .audio import AudioSource, load_audio
+from .audio import AudioSource, check_channels, check_sample_rate, load_audio
 from .errors import InvalidAudioError
 from .results import Classification, LabelScore
 
@@ -150,8 +150,8 @@ def _stream_file(
     except (OSError, RuntimeError) as error:
         raise InvalidAudioError(f"cannot read audio file '{name}': {error}") from error
     with handle:
-        if handle.samplerate <= 0:
-            raise InvalidAudioError(f"audio file '{name}' declares a sample rate of {handle.samplerate} Hz")
+        check_sample_rate(handle.samplerate, what=f"audio file '{name}'", from_argument=False)
+        check_channels(handle.channels, what=f"audio file '{name}'")
         resampler = (
             soxr.ResampleStream(handle.samplerate, target_rate, 1, dtype="float32", quality="HQ")
             if handle.samplerate != target_rate
