@@ -42,7 +42,6 @@ def missing(directory: Path) -> Path:
     return directory / "no-such-recording.wav"
 
 
-
 # (id, how to make the file, words the message must hold besides the path)
 FILE_CASES = [
     pytest.param(missing, ("not found",), id="missing-file"),
