@@ -7,7 +7,7 @@ APT_PACKAGES := espeak-ng sox libb64-0d libsndfile1 openssl
 REPOSITORY ?= model_repository
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: demo test lint typecheck setup system-deps repository serve bench-drift clean
+.PHONY: demo test lint typecheck setup system-deps repository serve bench bench-quick bench-tune bench-fp16 bench-drift clean
 
 demo: setup  ## export (real weights when reachable), serve on CPU, classify samples/, stop
 	$(BIN)/python -m emotion_build demo --model-repository $(REPOSITORY) --samples samples
@@ -42,6 +42,18 @@ repository: setup  ## the GPU repository for NVIDIA's container (set MODEL=dir o
 
 serve: setup
 	$(BIN)/python -m emotion_build serve --model-repository $(REPOSITORY)
+
+bench: setup  ## HF pipeline vs in-process TorchScript vs served ensemble -> docs/benchmarks.md + .png (~10 min)
+	$(BIN)/python benchmarks/throughput.py $(BENCH_ARGS)
+
+bench-quick: setup  ## the same with short windows and fewer points (~3 min)
+	$(BIN)/python benchmarks/throughput.py --quick $(BENCH_ARGS)
+
+bench-tune: setup  ## dynamic-batching settings measured one server at a time (~12 min)
+	$(BIN)/python benchmarks/throughput.py --tune --workloads 1s mixed --concurrency 1 8 $(BENCH_ARGS)
+
+bench-fp16: setup  ## parity of a half-precision export against fp32 on speech (~4 min on CPU)
+	$(BIN)/python benchmarks/fp16_parity.py
 
 bench-drift: setup  ## how far HF's padded batch moves each clip's answer, next to ours
 	$(BIN)/python benchmarks/batch_drift.py

@@ -7,6 +7,7 @@ import subprocess
 from pathlib import Path
 
 import numpy as np
+import pytest
 
 from emotion_build.perf import perf_analyzer_command, perf_analyzer_env, write_input_data
 
@@ -27,3 +28,18 @@ def test_short_perf_analyzer_run_against_the_ensemble(triton, tmp_path: Path) ->
     rows = re.findall(r"Concurrency: (\d+), throughput: ([\d.]+) infer/sec", result.stdout)
     assert [int(c) for c, _ in rows] == [1, 2]
     assert all(float(t) > 0 for _, t in rows)
+
+
+def test_perf_analyzer_csv_is_read_in_milliseconds() -> None:
+    from emotion_build.perf import read_perf_csv
+
+    text = (
+        "Concurrency,Inferences/Second,Client Send,Network+Server Send/Recv,Server Queue,Server Compute Input,"
+        "Server Compute Infer,Server Compute Output,Client Recv,p50 latency,p90 latency,p95 latency,p99 latency\n"
+        "1,12.5,14,1692,2,110,72362,1582,7,75350,80363,93708,98403\n"
+    )
+    (row,) = read_perf_csv(text)
+    assert row.concurrency == 1 and row.inferences_per_s == 12.5
+    assert row.p50_ms == 75.35 and row.p99_ms == 98.403
+    assert row.server_compute_ms == pytest.approx((110 + 72362 + 1582) / 1000)
+    assert row.network_ms == 1.692 and row.server_queue_ms == 0.002

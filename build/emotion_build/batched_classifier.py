@@ -7,6 +7,10 @@ when a clip is zero-padded (the first conv layer's group norm spans time, attent
 pooling see the padding), so this forward re-pads internally and masks every place where time is
 mixed: group-norm statistics over each clip's own samples, the attention mask in the encoder, and
 masked mean pooling. A clip's result is therefore the same alone or next to any other clips.
+
+The interface is float32 whatever the weights are: a half-precision export (`--dtype fp16`) casts
+the waveform inside, keeps the group-norm statistics and the pooling in float32 (sums over up to
+half a million samples overflow float16), and returns float32, so configs and clients never change.
 """
 
 from __future__ import annotations
@@ -63,6 +67,7 @@ class RaggedEmotionClassifier(nn.Module):
         self.layer_weights = model.layer_weights if self.use_weighted_layer_sum else None
         self.projector = model.projector
         self.classifier = model.classifier
+        self.weight_dtype = next(model.parameters()).dtype
 
     def frame_lengths(self, lengths: Tensor) -> Tensor:
         for kernel, stride in self.conv_geometry:
@@ -91,11 +96,11 @@ class RaggedEmotionClassifier(nn.Module):
             weights = nn.functional.softmax(self.layer_weights, dim=-1).to(hidden.dtype)
             hidden = (torch.stack(layer_outputs, dim=1) * weights.view(-1, 1, 1)).sum(dim=1)
 
-        projected = self.projector(hidden)
+        projected = self.projector(hidden).float()
         valid = frame_valid.unsqueeze(-1).to(projected.dtype)
         pooled = (projected * valid).sum(dim=1) / valid.sum(dim=1)
-        logits = self.classifier(pooled)
-        return logits, nn.functional.softmax(logits.float(), dim=-1).to(logits.dtype), pooled
+        logits = self.classifier(pooled.to(self.weight_dtype)).float()
+        return logits, nn.functional.softmax(logits, dim=-1), pooled
 
     def _conv_features(self, padded: Tensor, lengths: Tensor) -> Tensor:
         """Conv stack with the first layer's group norm taken over each clip's valid frames only.
@@ -103,21 +108,22 @@ class RaggedEmotionClassifier(nn.Module):
         Later conv layers need no mask: without padding, a valid output frame only reads valid
         input frames, so whatever the padded tail holds never reaches a frame that is kept.
         """
-        hidden = padded.unsqueeze(1)
+        hidden = padded.unsqueeze(1).to(self.weight_dtype)
         for index, conv_layer in enumerate(self.conv_layers):
             if index == 0 and self.group_norm_first:
                 hidden = conv_layer.conv(hidden)  # type: ignore[operator]
                 kernel, stride = self.conv_geometry[0]
                 valid_frames = torch.div(lengths - kernel, stride, rounding_mode="floor") + 1
-                mask = valid_mask(hidden, valid_frames).unsqueeze(1).to(hidden.dtype)
+                mask = valid_mask(hidden, valid_frames).unsqueeze(1).to(torch.float32)
+                wide = hidden.float()
                 count = mask.sum(dim=-1, keepdim=True)
-                mean = (hidden * mask).sum(dim=-1, keepdim=True) / count
-                centred = hidden - mean
+                mean = (wide * mask).sum(dim=-1, keepdim=True) / count
+                centred = wide - mean
                 variance = (centred * centred * mask).sum(dim=-1, keepdim=True) / count
                 norm: nn.GroupNorm = conv_layer.layer_norm  # type: ignore[assignment]
-                hidden = centred * torch.rsqrt(variance + norm.eps)
-                hidden = hidden * norm.weight.view(1, -1, 1) + norm.bias.view(1, -1, 1)
-                hidden = conv_layer.activation(hidden)  # type: ignore[operator]
+                normed = centred * torch.rsqrt(variance + norm.eps)
+                normed = normed * norm.weight.float().view(1, -1, 1) + norm.bias.float().view(1, -1, 1)
+                hidden = conv_layer.activation(normed.to(hidden.dtype))  # type: ignore[operator]
             else:
                 hidden = conv_layer(hidden)
         return hidden.transpose(1, 2)

@@ -116,6 +116,7 @@ def classifier_config(description: ModelDescription, target: Target) -> mc.Model
                 "max_samples": str(description.max_samples),
             },
         )
+        _parameters(config, {"max_padding_fraction": repr(batching.max_padding_fraction)})
     else:
         raise ValueError(f"target must be 'gpu' or 'cpu', got {target!r}")
     return config

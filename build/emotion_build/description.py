@@ -67,20 +67,43 @@ PROVENANCE_FILE = "export.json"
 
 @dataclasses.dataclass(frozen=True, slots=True)
 class BatchingSettings:
-    """Dynamic-batching knobs shared by the classifier on both targets."""
+    """Dynamic-batching knobs of the classifier (and the preprocess instances).
 
-    max_batch_size: int = 32
-    max_queue_delay_us: int = 2000
-    classifier_instances: int = 1
+    The defaults are the cpu target's, chosen by measurement on a 2-core CPU (docs/benchmarks.md,
+    `make bench-tune`): one single-threaded classifier instance per core beats one instance on
+    every core, no queue delay (a CPU batch gains little, a delay is pure latency), and batches of
+    at most 8 run in groups of similar length. `for_target("gpu")` gives the gpu target's.
+    """
+
+    max_batch_size: int = 8
+    max_queue_delay_us: int = 0
+    classifier_instances: int = 2
+    """cpu target: one per core, each on `intra_op_threads` threads (each holds a copy of the model)."""
     preprocess_instances: int = 2
-    intra_op_threads: int = 0
-    """Torch intra-op threads of the CPU runner; 0 lets torch decide."""
+    intra_op_threads: int = 1
+    """Torch intra-op threads of each CPU runner instance; 0 lets torch decide (one per core)."""
     max_queue_size: int = 256
     """Requests a model may hold waiting; beyond it Triton rejects at once instead of queueing without bound."""
     queue_timeout_ms: int = 10_000
     """A request still queued after this long is rejected (clients may ask for less with a timeout); 0: never."""
     warmup_count: int = 2
     """Runs of a 1 s clip at load time: TorchScript's profiling executor optimises on its first runs."""
+    max_padding_fraction: float = 0.1
+    """CPU runner: a batch runs in groups of similar length, padding each group by at most this fraction.
+
+    On CPU a padded sample costs as much as a real one (docs/benchmarks.md); inf runs the batch whole."""
+
+    def __post_init__(self) -> None:
+        if not self.max_padding_fraction >= 0:
+            raise ValueError(f"max_padding_fraction must be >= 0 (or inf), got {self.max_padding_fraction}")
+
+    @classmethod
+    def for_target(cls, target: Target) -> BatchingSettings:
+        """The defaults of one target. The gpu ones (bigger batches, a 2 ms delay, one instance) are
+        the pre-measurement defaults: no GPU was available to measure them (docs/benchmarks.md)."""
+        if target == "gpu":
+            return cls(max_batch_size=32, max_queue_delay_us=2000, classifier_instances=1, intra_op_threads=0)
+        return cls()
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -95,6 +118,12 @@ class Provenance:
     dtype: str = "float32"
     max_abs_logit_diff: float | None = None
     """Largest |TorchScript - eager| logit seen by the export check."""
+    max_abs_prob_diff: float | None = None
+    """Largest |TorchScript - eager fp32| probability seen by the export check (the fp16 gate)."""
+    top1_agreement: float | None = None
+    """Share of the export check's clips whose top class matches the eager fp32 model."""
+    traced_on: str = "cpu"
+    """Device the module was traced and checked on."""
 
     def to_json(self) -> str:
         return json.dumps(dataclasses.asdict(self), indent=2, sort_keys=True) + "\n"

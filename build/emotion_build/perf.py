@@ -6,6 +6,9 @@ The wheel's binary links `libcudart.so.12` (shipped by `nvidia-cuda-runtime-cu12
 
 from __future__ import annotations
 
+import csv
+import dataclasses
+import io
 import json
 import os
 import shutil
@@ -18,7 +21,7 @@ import numpy.typing as npt
 
 from .description import AUDIO_INPUT, ENSEMBLE_MODEL
 
-__all__ = ["perf_analyzer_command", "perf_analyzer_env", "write_input_data"]
+__all__ = ["PerfRow", "perf_analyzer_command", "perf_analyzer_env", "read_perf_csv", "write_input_data"]
 
 
 def perf_analyzer_env() -> dict[str, str]:
@@ -73,3 +76,51 @@ def perf_analyzer_command(
         str(measurement_interval_ms),
         *extra_args,
     ]
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class PerfRow:
+    """One concurrency level of a perf_analyzer run (`-f file.csv`), times in milliseconds."""
+
+    concurrency: int
+    inferences_per_s: float
+    p50_ms: float
+    p90_ms: float
+    p95_ms: float
+    p99_ms: float
+    client_send_ms: float
+    network_ms: float
+    """Network and the server's send/receive: what the client waited for beyond the server's queue and compute."""
+    server_queue_ms: float
+    """Summed over the ensemble's steps."""
+    server_compute_ms: float
+    """Input, infer and output of every step, summed."""
+    client_recv_ms: float
+
+
+def read_perf_csv(text: str) -> list[PerfRow]:
+    """Parse perf_analyzer's CSV report (its columns are in microseconds)."""
+    rows = []
+    for record in csv.DictReader(io.StringIO(text)):
+        if not record.get("Concurrency"):
+            continue
+
+        def ms(column: str, record: dict[str, str] = record) -> float:
+            return float(record[column]) / 1000.0
+
+        rows.append(
+            PerfRow(
+                concurrency=int(record["Concurrency"]),
+                inferences_per_s=float(record["Inferences/Second"]),
+                p50_ms=ms("p50 latency"),
+                p90_ms=ms("p90 latency"),
+                p95_ms=ms("p95 latency"),
+                p99_ms=ms("p99 latency"),
+                client_send_ms=ms("Client Send"),
+                network_ms=ms("Network+Server Send/Recv"),
+                server_queue_ms=ms("Server Queue"),
+                server_compute_ms=ms("Server Compute Input") + ms("Server Compute Infer") + ms("Server Compute Output"),
+                client_recv_ms=ms("Client Recv"),
+            )
+        )
+    return rows

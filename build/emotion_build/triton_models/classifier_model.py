@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 import torch
 import triton_python_backend_utils as pb_utils  # provided by Triton's Python-backend stub
-from ragged import concatenate, split_rows  # copied beside this file
+from ragged import concatenate, length_groups, merge_groups, split_rows  # copied beside this file
 from waveform import WaveformError, WaveformLimits, validate  # copied beside this file
 
 
@@ -33,8 +33,20 @@ class TritonPythonModel:
         )
         self.input_name = config["input"][0]["name"]
         self.output_names = [output["name"] for output in config["output"]]
+        self.max_padding = float(parameters.get("max_padding_fraction", "inf"))
         path = os.path.join(args["model_repository"], args["model_version"], "model.pt")
         self.model = torch.jit.load(path, map_location="cpu").eval()  # type: ignore[no-untyped-call]
+
+    def _forward(self, clips: list[Any]) -> list[torch.Tensor]:
+        """The model on clips of similar length at a time, outputs back in the batch's order."""
+        groups = length_groups([clip.size for clip in clips], max_padding=self.max_padding)
+        outputs = []
+        with torch.inference_mode():
+            for group in groups:
+                flat, ends = concatenate([clips[i] for i in group])
+                results = self.model(torch.from_numpy(flat), torch.from_numpy(ends))
+                outputs.append([result.numpy() for result in results])
+        return [torch.from_numpy(rows) for rows in merge_groups(groups, outputs)]
 
     def execute(self, requests: list[Any]) -> list[Any]:
         responses: list[Any] = [None] * len(requests)
@@ -55,10 +67,8 @@ class TritonPythonModel:
         return responses
 
     def _run(self, clips: list[Any]) -> list[Any]:
-        flat, ends = concatenate(clips)
         try:
-            with torch.inference_mode():
-                outputs = self.model(torch.from_numpy(flat), torch.from_numpy(ends))
+            outputs = self._forward(clips)
         except RuntimeError as error:
             message = f"classifier failed on a batch of {len(clips)}: {error}"
             return [pb_utils.InferenceResponse(error=pb_utils.TritonError(message)) for _ in clips]

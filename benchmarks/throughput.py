@@ -1,0 +1,1035 @@
+"""Speed of the served system next to the Hugging Face pipeline and the in-process TorchScript limit.
+
+One run on one machine, full-size wav2vec2-base (random weights unless --model: speed does not
+depend on weight values), espeak-ng speech of 1 s, 4 s, 10 s and mixed lengths:
+
+1. `pipeline("audio-classification")` as the model card uses it (one clip per call), and with
+   `batch_size`;
+2. the exported `model.pt` in this process (normalisation + ragged batch + TorchScript) at batch
+   sizes 1, 2, 4, 8: the best of them is the limit of this hardware;
+3. the served ensemble (preprocess -> classifier) through gRPC: `perf_analyzer` over a concurrency
+   sweep, and the SDK's `AsyncEmotionClient.classify_many`.
+
+It writes the tables into docs/benchmarks.md (between its `throughput` markers) and a plot of
+throughput and p99 latency against concurrency to docs/benchmarks.png.
+
+    make bench                                       # the full run (about 10 min on 2 CPU cores)
+    python benchmarks/throughput.py --quick          # about 3 min: fewer points, shorter windows
+    python benchmarks/throughput.py --tune           # dynamic-batching settings, one server each
+    # a GPU machine: export --target gpu, serve it in NVIDIA's Triton container (docker/), then
+    python benchmarks/throughput.py --device cuda --repository model_repository --server-url localhost:8001
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import dataclasses
+import datetime
+import json
+import math
+import os
+import platform
+import resource
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from batch_drift import speech_clips
+
+from emotion_build.configs import all_configs, render
+from emotion_build.description import AUDIO_INPUT, ENSEMBLE_MODEL, BatchingSettings, Provenance
+from emotion_build.export import describe, export
+from emotion_build.loading import LoadedModel, load_pretrained, random_model
+from emotion_build.perf import PerfRow, perf_analyzer_command, perf_analyzer_env, read_perf_csv, write_input_data
+from emotion_build.server import TritonServer
+from emotion_build.triton_models.ragged import concatenate
+from emotion_build.triton_models.waveform import normalise
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+RATE = 16000
+MARKERS = {
+    "throughput": ("<!-- throughput:begin -->", "<!-- throughput:end -->"),
+    "tune": ("<!-- tune:begin -->", "<!-- tune:end -->"),
+    "fp16": ("<!-- fp16:begin -->", "<!-- fp16:end -->"),
+}
+TARGETS = {"served_vs_inprocess": 0.9, "served_vs_hf": 1.0, "added_latency_ms": 5.0}
+
+SYSTEM_NAMES = {
+    "hf": "HF pipeline, one clip per call",
+    "hf_batch": "HF pipeline, batch_size",
+    "torchscript": "in-process TorchScript",
+    "torchscript_1t": "in-process TorchScript, 1 thread",
+    "served": "served, perf_analyzer (gRPC)",
+    "sdk": "served, SDK classify_many",
+}
+
+
+@dataclasses.dataclass(frozen=True)
+class Workload:
+    name: str
+    clips: tuple[np.ndarray, ...]
+
+    @property
+    def mean_s(self) -> float:
+        return float(np.mean([clip.size for clip in self.clips])) / RATE
+
+
+@dataclasses.dataclass(frozen=True)
+class Point:
+    """One measured configuration: a system on a workload at one batch size or concurrency."""
+
+    system: str
+    workload: str
+    setting: int
+    """Batch size (HF, TorchScript) or concurrency (served)."""
+    audio_s_per_s: float
+    clips_per_s: float
+    p50_ms: float
+    p95_ms: float
+    p99_ms: float
+    cpu_s_per_audio_s: float | None
+    """CPU seconds spent (every process of the system, the load generator included) per audio second."""
+    load: float
+    """1-minute load average when the point finished: other work on the machine skews everything."""
+    detail: dict[str, float] = dataclasses.field(default_factory=dict)
+
+
+# --------------------------------------------------------------------------------------------- helpers
+
+
+def log(message: str) -> None:
+    print(f"[{time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
+
+
+def percentiles_ms(latencies_s: Sequence[float]) -> tuple[float, float, float]:
+    p50, p95, p99 = np.percentile(np.asarray(latencies_s) * 1000.0, [50, 95, 99])
+    return float(p50), float(p95), float(p99)
+
+
+def group_cpu_s(pgid: int) -> float:
+    """CPU seconds used so far by every live process of a process group (tritonserver and its stubs)."""
+    ticks = 0
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except (OSError, IndexError):
+            continue
+        if int(fields[2]) == pgid:
+            ticks += int(fields[11]) + int(fields[12])
+    return ticks / os.sysconf("SC_CLK_TCK")
+
+
+def children_cpu_s() -> float:
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
+
+
+def synchronise(device: str) -> None:
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
+
+
+def timed_loop(
+    call: Callable[[list[np.ndarray]], object],
+    batches: Sequence[list[np.ndarray]],
+    *,
+    system: str,
+    workload: str,
+    setting: int,
+    budget_s: float,
+    min_calls: int = 2,
+    device: str = "cpu",
+) -> Point:
+    """One untimed call, then calls until `budget_s` has passed (and at least `min_calls`)."""
+    call(batches[0])
+    synchronise(device)
+    latencies, audio, clips = [], 0.0, 0
+    cpu_start, start = time.process_time(), time.perf_counter()
+    index = 0
+    while index < min_calls or time.perf_counter() - start < budget_s:
+        batch = batches[index % len(batches)]
+        began = time.perf_counter()
+        call(batch)
+        synchronise(device)
+        latencies.append(time.perf_counter() - began)
+        audio += sum(clip.size for clip in batch) / RATE
+        clips += len(batch)
+        index += 1
+    wall = time.perf_counter() - start
+    cpu = time.process_time() - cpu_start
+    p50, p95, p99 = percentiles_ms(latencies)
+    point = Point(system, workload, setting, audio / wall, clips / wall, p50, p95, p99, cpu / audio, os.getloadavg()[0])
+    log(describe_point(point))
+    return point
+
+
+def batches_of(workload: Workload, size: int) -> list[list[np.ndarray]]:
+    """Consecutive clips in the workload's (shuffled) order, wrapping around, as a batcher would see them."""
+    count = len(workload.clips)
+    return [[workload.clips[(start + j) % count] for j in range(size)] for start in range(0, count, size)]
+
+
+# --------------------------------------------------------------------------------------------- workloads
+
+
+def make_workloads(names: Sequence[str], *, clips_per_length: int, mixed_count: int) -> tuple[list[Workload], str]:
+    rng = np.random.default_rng(2024)
+    mixed_lengths = np.round(rng.uniform(1.0, 10.0, mixed_count), 1).tolist()
+    wanted: dict[str, list[float]] = {}
+    for name in names:
+        if name == "mixed":
+            wanted[name] = mixed_lengths
+        else:
+            wanted[name] = [float(name.removesuffix("s"))] * clips_per_length
+    everything = [seconds for lengths in wanted.values() for seconds in lengths]
+    clips, kind = speech_clips(everything, RATE)
+    workloads, used = [], 0
+    for name, lengths in wanted.items():
+        label = "mixed" if name == "mixed" else f"{float(name.removesuffix('s')):g} s"
+        workloads.append(Workload(label, tuple(clips[used : used + len(lengths)])))
+        used += len(lengths)
+    return workloads, kind
+
+
+# --------------------------------------------------------------------------------------------- systems
+
+
+@contextlib.contextmanager
+def torch_threads(count: int | None) -> Iterator[None]:
+    """Run with `count` intra-op threads (None: leave torch's setting alone)."""
+    before = torch.get_num_threads()
+    if count is not None:
+        torch.set_num_threads(count)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
+def hf_pipeline(model_ref: str, device: str) -> tuple[Any, str]:
+    """The pipeline exactly as the model card builds it; returns it and its attention implementation."""
+    from transformers import pipeline
+
+    classifier = pipeline("audio-classification", model=model_ref, device=device)
+    return classifier, str(getattr(classifier.model.config, "_attn_implementation", "?"))
+
+
+def hf_points(classifier: Any, workload: Workload, *, batch_size: int, budget_s: float, device: str) -> list[Point]:
+    log(f"HF pipeline on {workload.name}: one clip per call, then batch_size={batch_size}")
+    return [
+        timed_loop(
+            lambda batch: classifier(batch[0]),
+            batches_of(workload, 1),
+            system="hf",
+            workload=workload.name,
+            setting=1,
+            budget_s=budget_s,
+            device=device,
+        ),
+        timed_loop(
+            lambda batch: classifier(batch, batch_size=batch_size),
+            batches_of(workload, batch_size),
+            system="hf_batch",
+            workload=workload.name,
+            setting=batch_size,
+            budget_s=budget_s,
+            device=device,
+        ),
+    ]
+
+
+def torchscript_points(
+    module: torch.jit.ScriptModule,
+    workload: Workload,
+    *,
+    batch_sizes: Sequence[int],
+    max_batch_audio_s: float,
+    budget_s: float,
+    device: str,
+) -> list[Point]:
+    """The served file in this process, as the ensemble runs it: normalise, concatenate, forward.
+
+    The batch sweep uses torch's default threads; one more point runs batch 1 on one thread, the
+    setting of each served instance, so serving overhead and thread count can be told apart."""
+
+    def run(batch: list[np.ndarray]) -> object:
+        flat, ends = concatenate([normalise(clip, do_normalize=True) for clip in batch])
+        with torch.inference_mode():
+            return module(torch.from_numpy(flat).to(device), torch.from_numpy(ends).to(device))
+
+    points = []
+    sweeps: list[tuple[str, int, int | None]] = [("torchscript", size, None) for size in batch_sizes]
+    if not device.startswith("cuda"):
+        sweeps.append(("torchscript_1t", 1, 1))
+    for system, size, threads in sweeps:
+        if size > 1 and size * workload.mean_s > max_batch_audio_s:
+            continue
+        log(f"TorchScript in-process on {workload.name}: batch {size}{', 1 thread' if threads else ''}")
+        with torch_threads(threads):
+            points.append(
+                timed_loop(
+                    run,
+                    batches_of(workload, size),
+                    system=system,
+                    workload=workload.name,
+                    setting=size,
+                    budget_s=budget_s,
+                    device=device,
+                )
+            )
+    return points
+
+
+def perf_analyzer_point(
+    grpc_url: str,
+    workload: Workload,
+    concurrency: int,
+    *,
+    scratch: Path,
+    expected_clips_per_s: float,
+    budget_s: float,
+    server_pgid: int | None,
+) -> Point:
+    data = write_input_data(scratch / f"{workload.name.replace(' ', '')}.json", [c[None, :] for c in workload.clips])
+    report = scratch / "perf.csv"
+    report.unlink(missing_ok=True)
+    # perf_analyzer needs three windows to call a measurement stable; each gets a third of the budget.
+    per_window = max(2 * concurrency, math.ceil(expected_clips_per_s * budget_s / 3))
+    command = perf_analyzer_command(
+        grpc_url,
+        input_data=data,
+        concurrency=(concurrency,),
+        extra_args=[
+            "--measurement-mode",
+            "count_windows",
+            "--measurement-request-count",
+            str(per_window),
+            "--max-trials",
+            "3",
+            "--stability-percentage",
+            "100000",
+            "-f",
+            str(report),
+        ],
+    )
+    cpu_start = children_cpu_s() + (group_cpu_s(server_pgid) if server_pgid else 0.0)
+    result = subprocess.run(command, env=perf_analyzer_env(), capture_output=True, text=True, timeout=900)
+    cpu = children_cpu_s() + (group_cpu_s(server_pgid) if server_pgid else 0.0) - cpu_start
+    if result.returncode != 0 or not report.exists():
+        lines = [line.strip() for line in (result.stdout + result.stderr).splitlines() if line.strip()]
+        reasons = sorted({line for line in lines if "error" in line.lower() or "failed" in line.lower()})
+        raise RuntimeError(f"exit status {result.returncode}: {'; '.join(reasons or lines[-1:])[:400]}")
+    (row,) = read_perf_csv(report.read_text())
+    counted = [int(n) for n in _request_counts(result.stdout)]
+    audio_rate = row.inferences_per_s * workload.mean_s
+    cpu_per_audio = None
+    if server_pgid and counted:
+        # CPU of the whole run over the audio of every request it sent (its windows and their ramp-up).
+        cpu_per_audio = cpu / (sum(counted) * workload.mean_s)
+    return Point(
+        "served",
+        workload.name,
+        concurrency,
+        audio_rate,
+        row.inferences_per_s,
+        row.p50_ms,
+        row.p95_ms,
+        row.p99_ms,
+        cpu_per_audio,
+        os.getloadavg()[0],
+        detail=_breakdown(row),
+    )
+
+
+def _request_counts(stdout: str) -> list[str]:
+    import re
+
+    return re.findall(r"Client:\s+Request count: (\d+)", stdout)
+
+
+def _breakdown(row: PerfRow) -> dict[str, float]:
+    return {
+        "client_send_ms": row.client_send_ms,
+        "network_ms": row.network_ms,
+        "server_queue_ms": row.server_queue_ms,
+        "server_compute_ms": row.server_compute_ms,
+        "client_recv_ms": row.client_recv_ms,
+    }
+
+
+def async_client_class() -> Any | None:
+    """HOOK: the SDK's async client, where this checkout has it (`emotion_client.AsyncEmotionClient`
+    with `classify_many(inputs, concurrency=N)`); None skips the SDK rows with a note."""
+    try:
+        from emotion_client import AsyncEmotionClient
+    except ImportError:
+        return None
+    return AsyncEmotionClient if hasattr(AsyncEmotionClient, "classify_many") else None
+
+
+def sdk_point(
+    grpc_url: str, workload: Workload, concurrency: int, *, budget_s: float, expected_clips_per_s: float
+) -> Point:
+    """`classify_many` over the workload repeated to fill the budget.
+
+    Latency per clip is timed around each `classify` call that `classify_many` makes (a subclass
+    wraps it), so it includes the client's own audio checks, like an application sees it.
+    """
+    client_class = async_client_class()
+    assert client_class is not None
+    repeats = max(1, math.ceil(expected_clips_per_s * budget_s / len(workload.clips)))
+    inputs = [clip for _ in range(repeats) for clip in workload.clips]
+    if len(inputs) < 2 * concurrency:
+        inputs = inputs * math.ceil(2 * concurrency / len(inputs))
+    latencies: list[float] = []
+
+    class TimedClient(client_class):  # type: ignore[misc, valid-type]
+        async def classify(self, *args: Any, **kwargs: Any) -> Any:
+            began = time.perf_counter()
+            try:
+                return await super().classify(*args, **kwargs)
+            finally:
+                latencies.append(time.perf_counter() - began)
+
+    async def measure() -> tuple[float, list[float], float]:
+        async with TimedClient(grpc_url, timeout_s=600.0) as client:
+            await client.classify_many(list(workload.clips[:concurrency]), RATE, concurrency=concurrency)
+            latencies.clear()
+            cpu_start = time.process_time()
+            start = time.perf_counter()
+            items = await client.classify_many(inputs, RATE, concurrency=concurrency)
+            wall = time.perf_counter() - start
+            cpu = time.process_time() - cpu_start
+        failed = [item for item in items if not item.ok]
+        if failed:
+            raise RuntimeError(f"{len(failed)} of {len(items)} clips failed, e.g. {failed[0].error}")
+        return wall, list(latencies), cpu
+
+    wall, latencies, client_cpu = asyncio.run(measure())
+    audio = sum(clip.size for clip in inputs) / RATE
+    p50, p95, p99 = percentiles_ms(latencies)
+    return Point(
+        "sdk",
+        workload.name,
+        concurrency,
+        audio / wall,
+        len(inputs) / wall,
+        p50,
+        p95,
+        p99,
+        None,
+        os.getloadavg()[0],
+        detail={"client_cpu_s_per_audio_s": client_cpu / audio},
+    )
+
+
+def first_requests(grpc_url: str, workloads: Sequence[Workload]) -> list[tuple[str, float]]:
+    """Latency of the first requests a freshly started server answers (its warmup already ran)."""
+    import tritonclient.grpc as grpcclient
+
+    shortest = min(workloads, key=lambda w: w.mean_s).clips[0]
+    longest = max(workloads, key=lambda w: w.mean_s).clips[0]
+    client = grpcclient.InferenceServerClient(grpc_url)
+    timings = []
+    for label, clip in (
+        (f"first request ({shortest.size / RATE:g} s clip)", shortest),
+        (f"second request ({shortest.size / RATE:g} s clip)", shortest),
+        (f"first {longest.size / RATE:g} s clip (a new length)", longest),
+        (f"second {longest.size / RATE:g} s clip", longest),
+    ):
+        tensor = grpcclient.InferInput(AUDIO_INPUT, [1, clip.size], "FP32")
+        tensor.set_data_from_numpy(clip[None, :].astype(np.float32))
+        start = time.perf_counter()
+        client.infer(ENSEMBLE_MODEL, [tensor])
+        timings.append((label, (time.perf_counter() - start) * 1000.0))
+    client.close()
+    return timings
+
+
+# --------------------------------------------------------------------------------------------- served runs
+
+
+@contextlib.contextmanager
+def served(repository: Path, server_url: str | None) -> Iterator[tuple[str, int | None, float | None]]:
+    """(gRPC url, process group to account CPU to, seconds to ready) of a server on `repository`."""
+    if server_url is not None:
+        yield server_url, None, None
+        return
+    start = time.perf_counter()
+    with TritonServer(repository) as server:
+        ready_s = time.perf_counter() - start
+        yield server.endpoints.grpc_url, server.pid, ready_s
+
+
+def served_points(
+    grpc_url: str,
+    pgid: int | None,
+    workloads: Sequence[Workload],
+    *,
+    concurrencies: Sequence[int],
+    budget_s: float,
+    expected: dict[str, float],
+    with_sdk: bool,
+    failures: list[str],
+) -> list[Point]:
+    """Every point that could be measured; a point that failed (e.g. requests rejected after the
+    queue timeout on an overloaded CPU) is reported in `failures` instead of ending the run."""
+    points: list[Point] = []
+    with tempfile.TemporaryDirectory(prefix="emotion-bench-") as scratch:
+        for workload in workloads:
+            for concurrency in concurrencies:
+                log(f"perf_analyzer on {workload.name}: concurrency {concurrency}")
+                try:
+                    point = perf_analyzer_point(
+                        grpc_url,
+                        workload,
+                        concurrency,
+                        scratch=Path(scratch),
+                        expected_clips_per_s=expected[workload.name],
+                        budget_s=budget_s,
+                        server_pgid=pgid,
+                    )
+                except RuntimeError as error:
+                    failures.append(f"perf_analyzer on {workload.name} at c={concurrency} failed: {error}")
+                    log(failures[-1])
+                    continue
+                points.append(point)
+                log(describe_point(point))
+            measured = [p for p in points if p.workload == workload.name]
+            if with_sdk and measured:
+                best = max(measured, key=lambda p: p.audio_s_per_s)
+                log(f"SDK classify_many on {workload.name}: concurrency {best.setting}")
+                try:
+                    point = sdk_point(
+                        grpc_url,
+                        workload,
+                        best.setting,
+                        budget_s=budget_s,
+                        expected_clips_per_s=expected[workload.name],
+                    )
+                except RuntimeError as error:
+                    failures.append(f"SDK classify_many on {workload.name} at c={best.setting} failed: {error}")
+                    log(failures[-1])
+                    continue
+                points.append(point)
+                log(describe_point(point))
+    return points
+
+
+def describe_point(point: Point) -> str:
+    return (
+        f"  {SYSTEM_NAMES[point.system]} {point.workload} @ {point.setting}: {point.audio_s_per_s:.2f} audio-s/s, "
+        f"p50 {point.p50_ms:.0f} ms, p99 {point.p99_ms:.0f} ms (load {point.load:.1f})"
+    )
+
+
+def rewrite_configs(repository: Path, loaded: LoadedModel, batching: BatchingSettings) -> None:
+    """Point an exported cpu repository at other batching settings without tracing again."""
+    description = describe(loaded, batching=batching, min_duration_s=0.1, max_duration_s=30.0)
+    for name, config in all_configs(description, "cpu").items():
+        (repository / name / "config.pbtxt").write_text(render(config))
+
+
+def _candidate(
+    batch: int,
+    delay_us: int,
+    instances: int,
+    threads: int,
+    *,
+    preprocess: int = 2,
+    padding: float = 0.1,
+    warmup: int = 2,
+) -> BatchingSettings:
+    return dataclasses.replace(
+        BatchingSettings(),
+        max_batch_size=batch,
+        max_queue_delay_us=delay_us,
+        classifier_instances=instances,
+        intra_op_threads=threads,
+        preprocess_instances=preprocess,
+        max_padding_fraction=padding,
+        warmup_count=warmup,
+    )
+
+
+TUNE_CANDIDATES: tuple[BatchingSettings, ...] = (
+    _candidate(32, 2000, 1, 0, padding=math.inf),  # the settings before this tuning
+    _candidate(8, 0, 1, 2),
+    _candidate(8, 0, 2, 1),
+    _candidate(4, 0, 2, 1),
+    _candidate(16, 0, 2, 1),
+    _candidate(8, 2000, 2, 1),
+    _candidate(8, 0, 2, 1, padding=math.inf),
+    _candidate(8, 0, 2, 1, preprocess=1),
+    _candidate(8, 0, 2, 2),
+    _candidate(8, 0, 2, 1, warmup=0),
+)
+"""Complete settings, so a row means the same whatever the defaults are; the first row is the
+repository's settings before this tuning (whole batches: no length groups)."""
+
+
+@dataclasses.dataclass(frozen=True)
+class TuneResult:
+    settings: BatchingSettings
+    points: list[Point]
+    first: list[tuple[str, float]]
+    failures: list[str]
+
+
+def tune(
+    repository: Path,
+    loaded: LoadedModel,
+    workloads: Sequence[Workload],
+    *,
+    concurrencies: Sequence[int],
+    budget_s: float,
+    expected: dict[str, float],
+    only: Sequence[int] | None,
+    after_each: Callable[[list[TuneResult]], None],
+) -> list[TuneResult]:
+    results: list[TuneResult] = []
+    for index, settings in enumerate(TUNE_CANDIDATES):
+        if only is not None and index not in only:
+            continue
+        log(f"tuning candidate {index}: {settings}")
+        rewrite_configs(repository, loaded, settings)
+        failures: list[str] = []
+        with served(repository, None) as (url, pgid, _):
+            first = first_requests(url, workloads)
+            points = served_points(
+                url,
+                pgid,
+                workloads,
+                concurrencies=concurrencies,
+                budget_s=budget_s,
+                expected=expected,
+                with_sdk=False,
+                failures=failures,
+            )
+        results.append(TuneResult(settings, points, first, failures))
+        after_each(results)
+    rewrite_configs(repository, loaded, BatchingSettings())
+    return results
+
+
+# --------------------------------------------------------------------------------------------- report
+
+
+def best(points: Sequence[Point], system: str, workload: str) -> Point | None:
+    candidates = [p for p in points if p.system == system and p.workload == workload]
+    return max(candidates, key=lambda p: p.audio_s_per_s) if candidates else None
+
+
+def at(points: Sequence[Point], system: str, workload: str, setting: int) -> Point | None:
+    return next((p for p in points if (p.system, p.workload, p.setting) == (system, workload, setting)), None)
+
+
+def verdict(ok: bool) -> str:
+    return "met" if ok else "**not met**"
+
+
+def summary_rows(points: Sequence[Point], workloads: Sequence[Workload]) -> list[dict[str, Any]]:
+    rows = []
+    for workload in workloads:
+        name = workload.name
+        hf = [p for p in (best(points, "hf", name), best(points, "hf_batch", name)) if p]
+        hf_best = max(hf, key=lambda p: p.audio_s_per_s) if hf else None
+        ts = best(points, "torchscript", name)
+        srv = best(points, "served", name)
+        sdk = best(points, "sdk", name)
+        ts1, srv1 = at(points, "torchscript", name, 1), at(points, "served", name, 1)
+        one = at(points, "torchscript_1t", name, 1)
+        rows.append(
+            {
+                "workload": name,
+                "hf": best(points, "hf", name),
+                "hf_batch": best(points, "hf_batch", name),
+                "torchscript": ts,
+                "served": srv,
+                "sdk": sdk,
+                "served_vs_inprocess": srv.audio_s_per_s / ts.audio_s_per_s if srv and ts else None,
+                "served_vs_hf": srv.audio_s_per_s / hf_best.audio_s_per_s if srv and hf_best else None,
+                "added_ms": srv1.p50_ms - ts1.p50_ms if srv1 and ts1 else None,
+                "added_same_threads_ms": srv1.p50_ms - one.p50_ms if srv1 and one else None,
+            }
+        )
+    return rows
+
+
+def _cell(point: Point | None, unit: str) -> str:
+    if point is None:
+        return "-"
+    return f"{point.audio_s_per_s:.1f} ({unit}{point.setting})"
+
+
+def markdown(
+    points: Sequence[Point],
+    workloads: Sequence[Workload],
+    context: dict[str, Any],
+    first: Sequence[tuple[str, float]],
+    notes: Sequence[str],
+) -> str:
+    lines = [
+        f"Measured {context['date']} on {context['machine']}; {context['model']}; clips: {context['clips']}; "
+        f"HF pipeline: {context['hf_attention']} attention, batch_size={context['hf_batch_size']}; "
+        f"served: {context['served']}. Load average (1 min) over the points: {context['load']}.",
+        "",
+        "Throughput in audio-seconds per second (the batch size B or concurrency c it was best at). "
+        f"Targets: served ≥ {TARGETS['served_vs_inprocess']}x in-process, ≥ {TARGETS['served_vs_hf']}x the "
+        f"better HF row, p50 added at c=1 ≤ {TARGETS['added_latency_ms']:g} ms over in-process batch 1 (torch's "
+        "default threads; in brackets: over in-process batch 1 on one thread, the setting of each served instance).",
+        "",
+        "| workload | HF, 1 clip/call | HF, batch_size | in-process TorchScript | served, perf_analyzer | served, SDK "
+        "| served / in-process | served / HF | p50 added at c=1 |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for row in summary_rows(points, workloads):
+        ratio_ip, ratio_hf, added = row["served_vs_inprocess"], row["served_vs_hf"], row["added_ms"]
+        lines.append(
+            f"| {row['workload']} | {_cell(row['hf'], 'B=')} | {_cell(row['hf_batch'], 'B=')} "
+            f"| {_cell(row['torchscript'], 'B=')} | {_cell(row['served'], 'c=')} | {_cell(row['sdk'], 'c=')} "
+            + (f"| {ratio_ip:.2f} {verdict(ratio_ip >= TARGETS['served_vs_inprocess'])} " if ratio_ip else "| - ")
+            + (f"| {ratio_hf:.2f} {verdict(ratio_hf >= TARGETS['served_vs_hf'])} " if ratio_hf else "| - ")
+            + (f"| {added:+.1f} ms {verdict(added <= TARGETS['added_latency_ms'])} " if added is not None else "| - ")
+            + (f"({row['added_same_threads_ms']:+.1f} ms) |" if row["added_same_threads_ms"] is not None else "|")
+        )
+    lines += [
+        "",
+        "Every point (latency: per call for HF and TorchScript, whose batch answers together; per request served):",
+        "",
+        "| workload | system | B or c | audio-s/s | clips/s | p50 ms | p95 ms | p99 ms | CPU-s per audio-s | load |",
+        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for workload in workloads:
+        for point in (p for p in points if p.workload == workload.name):
+            cpu = f"{point.cpu_s_per_audio_s:.3f}" if point.cpu_s_per_audio_s is not None else "-"
+            lines.append(
+                f"| {point.workload} | {SYSTEM_NAMES[point.system]} | {point.setting} | {point.audio_s_per_s:.2f} "
+                f"| {point.clips_per_s:.2f} | {point.p50_ms:.1f} | {point.p95_ms:.1f} | {point.p99_ms:.1f} | {cpu} "
+                f"| {point.load:.1f} |"
+            )
+    served_points_ = [p for p in points if p.system == "served" and p.detail]
+    if served_points_:
+        lines += [
+            "",
+            "Where a served request's time goes (perf_analyzer's averages, ms). perf_analyzer's CSV gives only the "
+            "ensemble's own queue, so the time requests wait in the preprocess and classifier queues lands in the "
+            "'network + server send/recv' column: at c=1 that column is the network and IPC overhead, above c=1 "
+            "it is mostly queueing. Compute is summed over the ensemble's steps:",
+            "",
+            "| workload | c | client send | network + server send/recv (+ step queues) | ensemble queue "
+            "| server compute | client recv |",
+            "|---|---:|---:|---:|---:|---:|---:|",
+        ]
+        for p in served_points_:
+            d = p.detail
+            lines.append(
+                f"| {p.workload} | {p.setting} | {d['client_send_ms']:.2f} | {d['network_ms']:.2f} "
+                f"| {d['server_queue_ms']:.2f} | {d['server_compute_ms']:.1f} | {d['client_recv_ms']:.2f} |"
+            )
+    if first:
+        lines += ["", "First requests after the server reported ready (warmup ran at load):", ""]
+        lines += ["| request | latency ms |", "|---|---:|"]
+        lines += [f"| {label} | {ms:.1f} |" for label, ms in first]
+    if notes:
+        lines += [""] + [f"- {note}" for note in notes]
+    lines += ["", f"Command: `{context['command']}`; wall time {context['wall_min']:.1f} min."]
+    return "\n".join(lines)
+
+
+def tune_markdown(results: Sequence[TuneResult], workloads: Sequence[Workload], context: dict[str, Any]) -> str:
+    concurrencies = sorted({p.setting for result in results for p in result.points})
+    knobs = "| max batch | queue delay µs | instances x threads | preprocess | length groups | warmup |"
+    header = knobs + " ".join(f" {w.name} c={c} |" for w in workloads for c in concurrencies) + " first request ms |"
+    lines = [
+        f"Measured {context['date']} on {context['machine']}; {context['model']}; one server per row, "
+        "perf_analyzer over gRPC. Cells: audio-seconds per second (p50 / p99 latency in ms). Threads 0: "
+        "torch's default (one per core).",
+        "",
+        header,
+        "|---:|---:|---|---:|---|---:|" + "---:|" * (len(workloads) * len(concurrencies) + 1),
+    ]
+    notes = []
+    for result in results:
+        b = result.settings
+        groups = "whole batch" if math.isinf(b.max_padding_fraction) else f"≤ {b.max_padding_fraction:g} padding"
+        cells = []
+        for workload in workloads:
+            for concurrency in concurrencies:
+                point = at(result.points, "served", workload.name, concurrency)
+                cells.append(
+                    f"{point.audio_s_per_s:.2f} ({point.p50_ms:.0f} / {point.p99_ms:.0f})" if point else "failed"
+                )
+        lines.append(
+            f"| {b.max_batch_size} | {b.max_queue_delay_us} | {b.classifier_instances} x {b.intra_op_threads} "
+            f"| {b.preprocess_instances} | {groups} | {b.warmup_count} | "
+            + " | ".join(cells)
+            + f" | {result.first[0][1]:.0f} |"
+        )
+        notes += [
+            f"max batch {b.max_batch_size}, {b.classifier_instances} x {b.intra_op_threads}: {f}"
+            for f in result.failures
+        ]
+    loads = [p.load for result in results for p in result.points] or [0.0]
+    lines += ["", f"Load average (1 min) over the points: {min(loads):.1f}-{max(loads):.1f}."]
+    lines += [f"- {note}" for note in notes]
+    return "\n".join(lines)
+
+
+def write_section(path: Path, key: str, body: str) -> None:
+    begin, end = MARKERS[key]
+    text = path.read_text() if path.exists() else "# Benchmarks\n"
+    block = f"{begin}\n{body}\n{end}"
+    if begin in text and end in text:
+        text = text[: text.index(begin)] + block + text[text.index(end) + len(end) :]
+    else:
+        text = text.rstrip("\n") + f"\n\n{block}\n"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(text)
+
+
+def plot(points: Sequence[Point], workloads: Sequence[Workload], path: Path, title: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    figure, (left, right) = plt.subplots(1, 2, figsize=(12, 4.6))
+    colours = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    for workload, colour in zip(workloads, colours, strict=False):
+        served_ = sorted(
+            (p for p in points if p.system == "served" and p.workload == workload.name), key=lambda p: p.setting
+        )
+        if not served_:
+            continue
+        xs = [p.setting for p in served_]
+        left.plot(xs, [p.audio_s_per_s for p in served_], "o-", color=colour, label=f"{workload.name} served")
+        right.plot(xs, [p.p99_ms for p in served_], "o-", color=colour, label=f"{workload.name} served")
+        ts = best(points, "torchscript", workload.name)
+        if ts:
+            left.axhline(ts.audio_s_per_s, color=colour, linestyle="--", linewidth=1)
+        hf = best(points, "hf", workload.name)
+        if hf:
+            left.axhline(hf.audio_s_per_s, color=colour, linestyle=":", linewidth=1)
+        sdk = best(points, "sdk", workload.name)
+        if sdk:
+            left.plot([sdk.setting], [sdk.audio_s_per_s], "s", color=colour, markerfacecolor="none")
+            right.plot([sdk.setting], [sdk.p99_ms], "s", color=colour, markerfacecolor="none")
+    for axis in (left, right):
+        axis.set_xscale("log", base=2)
+        axis.set_xlabel("concurrency (requests in flight)")
+        axis.grid(True, alpha=0.3)
+    left.set_ylabel("audio-seconds per second")
+    left.set_title("throughput (dashed: in-process best batch, dotted: HF pipeline, □: SDK)", fontsize=9)
+    right.set_ylabel("p99 latency (ms)")
+    right.set_yscale("log")
+    right.set_title("p99 latency (perf_analyzer; □: SDK classify_many)", fontsize=9)
+    left.legend(fontsize=8)
+    figure.suptitle(title, fontsize=10)
+    figure.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    figure.savefig(path, dpi=110)
+    plt.close(figure)
+
+
+# --------------------------------------------------------------------------------------------- main
+
+
+def machine_name(device: str) -> str:
+    if device.startswith("cuda"):
+        return f"{torch.cuda.get_device_name()} ({device})"
+    model = platform.processor() or "CPU"
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+                break
+    return f"{model}, {os.cpu_count()} cores, torch {torch.__version__} with {torch.get_num_threads()} threads"
+
+
+def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model", help="HF id or directory (default: random-init wav2vec2-base)")
+    parser.add_argument("--random-init", choices=("tiny", "base"), default="base", help="without --model")
+    parser.add_argument("--quick", action="store_true", help="short windows and fewer points (about 3 min)")
+    parser.add_argument("--tune", action="store_true", help="only sweep dynamic-batching settings (a server each)")
+    parser.add_argument("--tune-only", type=int, nargs="+", help="indices of the tuning candidates to run")
+    parser.add_argument("--device", default="cpu", help="cpu or cuda: where HF and the in-process module run")
+    parser.add_argument("--repository", type=Path, help="an exported repository to use instead of exporting one")
+    parser.add_argument(
+        "--server-url", help="benchmark this running server (e.g. the GPU container) instead of starting one"
+    )
+    parser.add_argument(
+        "--workloads", nargs="+", default=["1s", "4s", "10s", "mixed"], choices=["1s", "4s", "10s", "mixed"]
+    )
+    parser.add_argument("--concurrency", type=int, nargs="+", help="served concurrency sweep (default 1 2 4 8)")
+    parser.add_argument("--batch-sizes", type=int, nargs="+", help="in-process batch sizes (default 1 2 4 8)")
+    parser.add_argument(
+        "--max-batch-audio-s", type=float, default=40.0, help="skip in-process batches holding more audio"
+    )
+    parser.add_argument("--hf-batch-size", type=int, default=4)
+    parser.add_argument("--point-s", type=float, help="seconds measured per point (default 6, quick 2)")
+    parser.add_argument("--skip", nargs="+", default=[], choices=["hf", "torchscript", "served", "sdk"])
+    parser.add_argument("--output", type=Path, default=REPO_ROOT / "docs" / "benchmarks.md")
+    parser.add_argument("--plot", type=Path, default=REPO_ROOT / "docs" / "benchmarks.png")
+    parser.add_argument("--json", type=Path, help="also write every point as JSON here")
+    args = parser.parse_args(argv)
+    args.concurrency = args.concurrency or ([1, 4] if args.quick else [1, 2, 4, 8])
+    args.batch_sizes = args.batch_sizes or ([1, 4] if args.quick else [1, 2, 4, 8])
+    args.point_s = args.point_s or (2.0 if args.quick else 6.0)
+    return args
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parse_args(argv)
+    started = time.perf_counter()
+    device = args.device
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        print("error: --device cuda but torch sees no CUDA device", file=sys.stderr)
+        return 2
+    loaded = load_pretrained(args.model) if args.model else random_model(args.random_init)
+    workloads, kind = make_workloads(args.workloads, clips_per_length=4 if args.quick else 8, mixed_count=16)
+    log(f"model {loaded.source}; clips: {kind}; workloads: {', '.join(w.name for w in workloads)}")
+    notes: list[str] = []
+    points: list[Point] = []
+    first: list[tuple[str, float]] = []
+
+    with tempfile.TemporaryDirectory(prefix="emotion-bench-") as scratch:
+        repository = args.repository
+        if repository is None:
+            repository = Path(scratch) / "model_repository"
+            target = "gpu" if device.startswith("cuda") else "cpu"
+            log(f"exporting a {target} repository (trace + parity check)")
+            description = describe(loaded, batching=BatchingSettings(), min_duration_s=0.1, max_duration_s=30.0)
+            export(loaded, repository, target, description, progress=log)
+        provenance = Provenance.from_json((repository / "classifier" / "1" / "export.json").read_text())
+        model_ref = args.model or str(Path(scratch) / "hf-model")
+        if not args.model:
+            loaded.model.save_pretrained(model_ref)
+            loaded.feature_extractor.save_pretrained(model_ref)
+
+        if args.tune:
+            if args.repository is not None:  # tuning rewrites configs: never those of the caller's repository
+                repository = Path(scratch) / "model_repository"
+                shutil.copytree(args.repository, repository)
+            expected = {w.name: 12.0 / w.mean_s for w in workloads}
+            context = {
+                "date": datetime.date.today().isoformat(),
+                "machine": machine_name(device),
+                "model": provenance.source_model,
+            }
+
+            def write(results: list[TuneResult]) -> None:
+                write_section(args.output, "tune", tune_markdown(results, workloads, context))
+
+            results = tune(
+                repository,
+                loaded,
+                workloads,
+                concurrencies=args.concurrency,
+                budget_s=args.point_s,
+                expected=expected,
+                only=args.tune_only,
+                after_each=write,
+            )
+            print(tune_markdown(results, workloads, context))
+            return 0
+
+        with contextlib.ExitStack() as stack:
+            url, pgid = None, None
+            if "served" not in args.skip:
+                if device.startswith("cuda") and args.server_url is None:
+                    notes.append(
+                        "Served rows skipped: the gpu target runs in NVIDIA's Triton container; pass --server-url."
+                    )
+                else:
+                    log("starting the server" if args.server_url is None else f"using the server at {args.server_url}")
+                    url, pgid, ready_s = stack.enter_context(served(repository, args.server_url))
+                    if pgid is not None:
+                        first = [("server start to ready (load + warmup)", (ready_s or 0.0) * 1000.0)]
+                        first += first_requests(url, workloads)
+            with_sdk = url is not None and "sdk" not in args.skip and async_client_class() is not None
+            if url is not None and "sdk" not in args.skip and not with_sdk:
+                notes.append(
+                    "SDK rows skipped: this checkout's emotion_client has no AsyncEmotionClient.classify_many."
+                )
+            classifier, hf_attention = hf_pipeline(model_ref, device) if "hf" not in args.skip else (None, "-")
+            module = None
+            if "torchscript" not in args.skip:
+                module = torch.jit.load(  # type: ignore[no-untyped-call]
+                    str(repository / "classifier" / "1" / "model.pt"), map_location=device
+                ).eval()
+            # Workload by workload, every system close in time: other load on the machine then
+            # skews the systems of one workload alike.
+            for workload in workloads:
+                if classifier is not None:
+                    points += hf_points(
+                        classifier, workload, batch_size=args.hf_batch_size, budget_s=args.point_s, device=device
+                    )
+                if module is not None:
+                    points += torchscript_points(
+                        module,
+                        workload,
+                        batch_sizes=args.batch_sizes,
+                        max_batch_audio_s=args.max_batch_audio_s,
+                        budget_s=args.point_s,
+                        device=device,
+                    )
+                if url is not None:
+                    reference = best(points, "torchscript", workload.name)
+                    points += served_points(
+                        url,
+                        pgid,
+                        [workload],
+                        concurrencies=args.concurrency,
+                        budget_s=args.point_s,
+                        expected={workload.name: reference.clips_per_s if reference else 12.0 / workload.mean_s},
+                        with_sdk=with_sdk,
+                        failures=notes,
+                    )
+        settings = BatchingSettings()
+        served_label = (
+            "skipped"
+            if "served" in args.skip
+            else f"a running server at {args.server_url}"
+            if args.server_url
+            else f"pip tritonserver, cpu target, {provenance.dtype}, max batch {settings.max_batch_size}, "
+            f"queue delay {settings.max_queue_delay_us} µs, {settings.classifier_instances} classifier "
+            f"instance(s) x {settings.intra_op_threads or 'default'} thread(s), {settings.preprocess_instances} "
+            f"preprocess instances, length groups ≤ {settings.max_padding_fraction:g} padding"
+        )
+
+    loads = [p.load for p in points] or [os.getloadavg()[0]]
+    context = {
+        "date": datetime.date.today().isoformat(),
+        "machine": machine_name(device),
+        "model": f"{provenance.source_model}{' (untrained)' if provenance.untrained else ''}",
+        "clips": f"{kind}, {len(workloads[0].clips)} per fixed length, mixed {len(workloads[-1].clips)} of 1-10 s",
+        "hf_attention": hf_attention,
+        "hf_batch_size": args.hf_batch_size,
+        "served": served_label,
+        "load": f"{min(loads):.1f}-{max(loads):.1f}",
+        "command": "python benchmarks/throughput.py " + " ".join(sys.argv[1:] if argv is None else argv),
+        "wall_min": (time.perf_counter() - started) / 60.0,
+    }
+    body = markdown(points, workloads, context, first, notes)
+    write_section(args.output, "throughput", body)
+    plot(points, workloads, args.plot, f"{context['machine']} — {context['model']}")
+    if args.json:
+        args.json.write_text(json.dumps([dataclasses.asdict(p) for p in points], indent=1))
+    print(body)
+    log(f"wrote {args.output} and {args.plot} in {context['wall_min']:.1f} min")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
