@@ -7,6 +7,7 @@ probabilities both ways.
 
 from __future__ import annotations
 
+import time
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
@@ -26,9 +27,17 @@ def infer(url: str, clip: np.ndarray) -> np.ndarray:
 
 
 def classifier_counts(url: str) -> tuple[int, int]:
-    stats = grpcclient.InferenceServerClient(url).get_inference_statistics("classifier", as_json=True)
-    (model,) = stats["model_stats"]
-    return int(model.get("inference_count", 0)), int(model.get("execution_count", 0))
+    """Counts once they have settled: Triton may answer a request before it records its statistics."""
+    client = grpcclient.InferenceServerClient(url)
+    previous = None
+    for _ in range(50):
+        (model,) = client.get_inference_statistics("classifier", as_json=True)["model_stats"]
+        counts = int(model.get("inference_count", 0)), int(model.get("execution_count", 0))
+        if counts == previous:
+            return counts
+        previous = counts
+        time.sleep(0.1)
+    raise AssertionError(f"classifier statistics kept changing: {previous}")
 
 
 @pytest.mark.parametrize("seed", [0, 1])
