@@ -149,21 +149,10 @@ class AsyncEmotionClient:
         codec.validate_timeout_s(timeout_s)
         info = await self.model_info(timeout_s=timeout_s)
         samples = await asyncio.to_thread(codec.prepare_audio, audio, sample_rate, info)
-        core = self._core
         inputs = codec.build_inputs(samples, info)
         outputs = codec.build_outputs(info)
         started = time.perf_counter()
-        response = await self._call(
-            lambda triton, deadline_s: triton.infer(
-                core.model_name,
-                inputs,
-                model_version=core.model_version,
-                outputs=outputs,
-                headers=core.headers,
-                client_timeout=deadline_s,
-            ),
-            timeout_s=timeout_s,
-        )
+        response = await self._infer(inputs, outputs, timeout_s=timeout_s)
         _LOGGER.debug(
             "classified %.2f s of audio in %.1f ms",
             samples.shape[0] / info.sample_rate,
@@ -180,18 +169,7 @@ class AsyncEmotionClient:
         outputs = codec.build_embedding_outputs(info)
         samples = await asyncio.to_thread(codec.prepare_audio, audio, sample_rate, info)
         inputs = codec.build_inputs(samples, info)
-        core = self._core
-        response = await self._call(
-            lambda triton, deadline_s: triton.infer(
-                core.model_name,
-                inputs,
-                model_version=core.model_version,
-                outputs=outputs,
-                headers=core.headers,
-                client_timeout=deadline_s,
-            ),
-            timeout_s=timeout_s,
-        )
+        response = await self._infer(inputs, outputs, timeout_s=timeout_s)
         return codec.decode_embedding(response.as_numpy(info.embedding_output), info)
 
     async def classify_timeline(
@@ -366,6 +344,21 @@ class AsyncEmotionClient:
             raise EmotionClientError(
                 f"{type(self).__name__} belongs to the event loop it first ran in; create one client per loop"
             )
+
+    async def _infer(self, inputs: list[Any], outputs: list[Any], *, timeout_s: float | None) -> Any:
+        """One inference on the ensemble, through the retrying error boundary."""
+        core = self._core
+        return await self._call(
+            lambda triton, deadline_s: triton.infer(
+                core.model_name,
+                inputs,
+                model_version=core.model_version,
+                outputs=outputs,
+                headers=core.headers,
+                client_timeout=deadline_s,
+            ),
+            timeout_s=timeout_s,
+        )
 
     async def _call(self, send: Callable[[Any, float], Awaitable[_T]], *, timeout_s: float | None) -> _T:
         """Send with retries; the async twin of ``EmotionClient._call``."""

@@ -168,21 +168,10 @@ class EmotionClient:
         codec.validate_timeout_s(timeout_s)
         info = self.model_info(timeout_s=timeout_s)
         samples = codec.prepare_audio(audio, sample_rate, info)
-        core = self._core
         inputs = codec.build_inputs(samples, info)
         outputs = codec.build_outputs(info)
         started = time.perf_counter()
-        response = self._call(
-            lambda triton, deadline_s: triton.infer(
-                core.model_name,
-                inputs,
-                model_version=core.model_version,
-                outputs=outputs,
-                headers=core.headers,
-                client_timeout=deadline_s,
-            ),
-            timeout_s=timeout_s,
-        )
+        response = self._infer(inputs, outputs, timeout_s=timeout_s)
         _LOGGER.debug(
             "classified %.2f s of audio in %.1f ms",
             samples.shape[0] / info.sample_rate,
@@ -202,18 +191,7 @@ class EmotionClient:
         info = self.model_info(timeout_s=timeout_s)
         outputs = codec.build_embedding_outputs(info)
         inputs = codec.build_inputs(codec.prepare_audio(audio, sample_rate, info), info)
-        core = self._core
-        response = self._call(
-            lambda triton, deadline_s: triton.infer(
-                core.model_name,
-                inputs,
-                model_version=core.model_version,
-                outputs=outputs,
-                headers=core.headers,
-                client_timeout=deadline_s,
-            ),
-            timeout_s=timeout_s,
-        )
+        response = self._infer(inputs, outputs, timeout_s=timeout_s)
         return codec.decode_embedding(response.as_numpy(info.embedding_output), info)
 
     def classify_timeline(
@@ -373,6 +351,21 @@ class EmotionClient:
 
     def __repr__(self) -> str:
         return self._core.describe(type(self).__name__)
+
+    def _infer(self, inputs: list[Any], outputs: list[Any], *, timeout_s: float | None) -> Any:
+        """One inference on the ensemble, through the retrying error boundary."""
+        core = self._core
+        return self._call(
+            lambda triton, deadline_s: triton.infer(
+                core.model_name,
+                inputs,
+                model_version=core.model_version,
+                outputs=outputs,
+                headers=core.headers,
+                client_timeout=deadline_s,
+            ),
+            timeout_s=timeout_s,
+        )
 
     def _ensure_open(self) -> None:
         if self._closed:
