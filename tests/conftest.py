@@ -4,12 +4,11 @@ repository, and a real tritonserver serving it. Built once per test session."""
 from __future__ import annotations
 
 import os
-import subprocess
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from repositories import export_cpu_repository
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 SOAK_SECONDS_ENV = "EMOTION_SOAK_SECONDS"
@@ -47,35 +46,21 @@ def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="session")
 def tiny_repository(tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    output = tmp_path_factory.mktemp("repo") / "model_repository"
-    subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "emotion_build",
-            "export",
-            "--model",
-            str(tiny_model_dir),
-            "--target",
-            "cpu",
-            "--output",
-            str(output),
-            # Batches fill to CONCURRENCY (8) or wait up to 100 ms for it, so test_batching can show
-            # that mixed lengths batch even on a loaded two-core machine.
-            "--max-batch-size",
-            "8",
-            "--max-queue-delay-us",
-            "100000",
-            "--intra-op-threads",
-            "1",
-            # One classifier instance, so that the batches test_batching counts all form in one place.
-            "--classifier-instances",
-            "1",
-        ],
-        check=True,
-        env={**os.environ, "HF_HUB_OFFLINE": "1"},
+    return export_cpu_repository(
+        tiny_model_dir,
+        tmp_path_factory.mktemp("repo") / "model_repository",
+        # Batches fill to CONCURRENCY (8) or wait up to 100 ms for it, so test_batching can show
+        # that mixed lengths batch even on a loaded two-core machine.
+        "--max-batch-size",
+        "8",
+        "--max-queue-delay-us",
+        "100000",
+        "--intra-op-threads",
+        "1",
+        # One classifier instance, so that the batches test_batching counts all form in one place.
+        "--classifier-instances",
+        "1",
     )
-    return output
 
 
 @pytest.fixture(scope="session")

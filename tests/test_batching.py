@@ -7,37 +7,14 @@ probabilities both ways.
 
 from __future__ import annotations
 
-import time
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import pytest
-import tritonclient.grpc as grpcclient
+from triton_probes import counts_after, infer, settled_counts
 
 SAMPLE_RATE = 16000
 CONCURRENCY = 8  # the test repository's max_batch_size (tests/conftest.py)
-
-
-def infer(url: str, clip: np.ndarray) -> np.ndarray:
-    client = grpcclient.InferenceServerClient(url)
-    request = grpcclient.InferInput("audio", [1, clip.size], "FP32")
-    request.set_data_from_numpy(clip[None, :])
-    response = client.infer("emotion", [request], outputs=[grpcclient.InferRequestedOutput("probabilities")])
-    return response.as_numpy("probabilities")[0]
-
-
-def classifier_counts(url: str) -> tuple[int, int]:
-    """Counts once they have settled: Triton may answer a request before it records its statistics."""
-    client = grpcclient.InferenceServerClient(url)
-    previous = None
-    for _ in range(50):
-        (model,) = client.get_inference_statistics("classifier", as_json=True)["model_stats"]
-        counts = int(model.get("inference_count", 0)), int(model.get("execution_count", 0))
-        if counts == previous:
-            return counts
-        previous = counts
-        time.sleep(0.1)
-    raise AssertionError(f"classifier statistics kept changing: {previous}")
 
 
 @pytest.mark.parametrize("seed", [0, 1])
@@ -47,12 +24,13 @@ def test_mixed_lengths_batch_together_without_changing_any_answer(triton, seed: 
     lengths = rng.integers(int(0.3 * SAMPLE_RATE), 15 * SAMPLE_RATE, size=4 * CONCURRENCY)
     clips = [(0.2 * rng.standard_normal(n)).astype(np.float32) for n in lengths]
 
-    alone = np.stack([infer(url, clip) for clip in clips])
+    alone = np.stack([infer(url, clip[None, :]) for clip in clips])
 
-    before = classifier_counts(url)
+    before = settled_counts(url, "classifier")
     with ThreadPoolExecutor(CONCURRENCY) as pool:
-        together = np.stack(list(pool.map(lambda clip: infer(url, clip), clips)))
-    inferences, executions = (after - start for after, start in zip(classifier_counts(url), before, strict=True))
+        together = np.stack(list(pool.map(lambda clip: infer(url, clip[None, :]), clips)))
+    change = counts_after(url, "classifier", before, successes=len(clips))
+    inferences, executions = change.inferences, change.executions
 
     drift = float(np.abs(together - alone).max())
     average_batch = inferences / executions

@@ -14,22 +14,13 @@ import numpy as np
 import pytest
 import soundfile
 import torch
-import tritonclient.grpc as grpcclient
 from speech import espeak_clip
+from triton_probes import infer
 
 from emotion_client import AsyncEmotionClient, EmotionClient
 from emotion_client.audio import load_audio
 
 RATE = 16000
-
-
-def raw_probabilities(url: str, clip: np.ndarray) -> np.ndarray:
-    """The server's answer fetched without the SDK, as an independent reference."""
-    client = grpcclient.InferenceServerClient(url)
-    request = grpcclient.InferInput("audio", [1, clip.size], "FP32")
-    request.set_data_from_numpy(np.ascontiguousarray(clip, np.float32)[None, :])
-    response = client.infer("emotion", [request], outputs=[grpcclient.InferRequestedOutput("probabilities")])
-    return response.as_numpy("probabilities")[0]
 
 
 @pytest.fixture(scope="module")
@@ -62,7 +53,7 @@ def test_timeline_windows_answer_like_single_clips(client: EmotionClient, triton
     labels = timeline.labels
     for segment in timeline.segments[::5]:
         clip = audio[round(segment.start_s * RATE) : round(segment.end_s * RATE)]
-        expected = raw_probabilities(triton.endpoints.grpc_url, clip)
+        expected = infer(triton.endpoints.grpc_url, clip[None, :])
         np.testing.assert_allclose([s.score for s in segment.scores], expected, atol=1e-5)
         assert segment.label == labels[int(np.argmax(expected))]
     for point in timeline.track:
@@ -145,7 +136,7 @@ def test_evaluate_matches_metrics_computed_here(triton, tmp_path: Path) -> None:
     clips = _labelled_set(tmp_path, labels, 10)
     (tmp_path / "set.csv").write_text("path,label\n" + "".join(f"{p.name},{label}\n" for p, label in clips))
     predicted = [
-        labels[int(np.argmax(raw_probabilities(triton.endpoints.grpc_url, soundfile.read(p, dtype="float32")[0])))]
+        labels[int(np.argmax(infer(triton.endpoints.grpc_url, soundfile.read(p, dtype="float32")[0][None, :])))]
         for p, _ in clips
     ]
     truth = [label for _, label in clips]

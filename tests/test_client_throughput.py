@@ -7,8 +7,6 @@ from __future__ import annotations
 
 import asyncio
 import os
-import subprocess
-import sys
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -16,7 +14,8 @@ from pathlib import Path
 import numpy as np
 import numpy.typing as npt
 import pytest
-import tritonclient.grpc as grpcclient
+from repositories import export_cpu_repository
+from triton_probes import counts_after, settled_counts
 
 from emotion_build.server import TritonServer
 from emotion_client import AsyncEmotionClient, Classification, EmotionClient
@@ -29,23 +28,11 @@ REPEATS = 5
 @pytest.fixture(scope="module")
 def default_server(tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[TritonServer]:
     """The tiny model exported with the export's default batching, unlike the session repository."""
-    output = tmp_path_factory.mktemp("throughput") / "model_repository"
-    export = ["export", "--model", str(tiny_model_dir), "--target", "cpu", "--output", str(output)]
-    subprocess.run(
-        [sys.executable, "-m", "emotion_build", *export, "--intra-op-threads", "1"],
-        check=True,
-        capture_output=True,
-        env={**os.environ, "HF_HUB_OFFLINE": "1"},
+    output = export_cpu_repository(
+        tiny_model_dir, tmp_path_factory.mktemp("throughput") / "model_repository", "--intra-op-threads", "1"
     )
     with TritonServer(output) as server:
         yield server
-
-
-def classifier_counts(url: str) -> tuple[int, int]:
-    """(requests, executions) of the classifier: their ratio is the average batch the server ran."""
-    with grpcclient.InferenceServerClient(url) as admin:
-        (entry,) = admin.get_inference_statistics("classifier", as_json=True)["model_stats"]
-    return int(entry.get("inference_count", 0)), int(entry.get("execution_count", 0))
 
 
 def test_classify_many_against_a_plain_loop(default_server: TritonServer) -> None:
@@ -59,11 +46,12 @@ def test_classify_many_against_a_plain_loop(default_server: TritonServer) -> Non
     answers: dict[tuple[str, int], list[Classification]] = {}
 
     def measure(key: tuple[str, int], send: Callable[[], list[Classification]]) -> None:
-        before = classifier_counts(url)
+        before = settled_counts(url, "classifier")
         started = time.perf_counter()
         answers[key] = send()
         rate = CLIPS / (time.perf_counter() - started)
-        requests, executions = (a - b for a, b in zip(classifier_counts(url), before, strict=True))
+        change = counts_after(url, "classifier", before, successes=CLIPS)
+        requests, executions = change.inferences, change.executions
         rates.setdefault(key, []).append(rate)
         batches.setdefault(key, []).append(requests / max(executions, 1))
 

@@ -10,9 +10,6 @@ refused with that clear error; none may hang or come back wrong.
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
 import threading
 import time
 from collections import Counter
@@ -22,6 +19,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from repositories import export_cpu_repository
 from triton_probes import clip, counts_after, format_table, infer, raw_client, report, settled_counts
 from tritonclient.utils import InferenceServerException
 
@@ -41,35 +39,20 @@ QUEUE_TIMEOUT = "Request timeout expired"
 
 @pytest.fixture(scope="module")
 def small_queue_repository(tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    output = tmp_path_factory.mktemp("small-queue") / "model_repository"
-    subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "emotion_build",
-            "export",
-            "--model",
-            str(tiny_model_dir),
-            "--target",
-            "cpu",
-            "--output",
-            str(output),
-            "--max-batch-size",
-            str(MAX_BATCH),
-            "--max-queue-size",
-            str(QUEUE_SIZE),
-            "--queue-timeout-ms",
-            str(int(QUEUE_TIMEOUT_S * 1000)),
-            "--max-queue-delay-us",
-            "0",
-            "--intra-op-threads",
-            "1",
-        ],
-        check=True,
-        env={**os.environ, "HF_HUB_OFFLINE": "1"},
-        capture_output=True,
+    return export_cpu_repository(
+        tiny_model_dir,
+        tmp_path_factory.mktemp("small-queue") / "model_repository",
+        "--max-batch-size",
+        str(MAX_BATCH),
+        "--max-queue-size",
+        str(QUEUE_SIZE),
+        "--queue-timeout-ms",
+        str(int(QUEUE_TIMEOUT_S * 1000)),
+        "--max-queue-delay-us",
+        "0",
+        "--intra-op-threads",
+        "1",
     )
-    return output
 
 
 @pytest.fixture(scope="module")

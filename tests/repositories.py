@@ -1,0 +1,31 @@
+"""Exporting test repositories the way an operator does: `python -m emotion_build export` in a child."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+
+def export_cpu_repository(model_dir: Path, output: Path, *options: str) -> Path:
+    """A CPU-target repository of the checkpoint in `model_dir`, offline, with extra export options."""
+    subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "emotion_build",
+            "export",
+            "--model",
+            str(model_dir),
+            "--target",
+            "cpu",
+            "--output",
+            str(output),
+            *options,
+        ],
+        check=True,
+        env={**os.environ, "HF_HUB_OFFLINE": "1"},
+        capture_output=True,
+    )
+    return output
