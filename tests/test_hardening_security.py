@@ -1,5 +1,5 @@
 """Security of `python -m emotion_build serve`: gRPC TLS, a token on every API but health, model
-control off, HTTP and metrics kept on loopback. Certificates are made here with the openssl CLI.
+control off, HTTP and metrics kept on loopback. Certificates come from tests/certificates.py.
 
 The server under test is started exactly as an operator would, through the CLI flags, so the flags,
 `serve()` and `TritonServer` are all on the path. Refusals are checked with raw tritonclient (what
@@ -8,7 +8,6 @@ an attacker has) and, where the SDK supports it, with the SDK (what a user sees)
 
 from __future__ import annotations
 
-import subprocess
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
@@ -19,6 +18,7 @@ from typing import Any
 import numpy as np
 import pytest
 import tritonclient.grpc as grpcclient
+from certificates import make_pki
 from triton_probes import ServeProcess, clip, infer, report, tensor
 from tritonclient.utils import InferenceServerException
 
@@ -45,37 +45,11 @@ class Pki:
     rogue_ca: Path
 
 
-def openssl(*args: str, cwd: Path) -> None:
-    subprocess.run(["openssl", *args], cwd=cwd, check=True, capture_output=True)
-
-
-def make_ca(directory: Path, name: str) -> tuple[Path, Path]:
-    key, cert = directory / f"{name}.key", directory / f"{name}.pem"
-    openssl("req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes",
-            "-keyout", str(key), "-out", str(cert), "-days", "1", "-subj", f"/CN={name}", cwd=directory)  # fmt: skip
-    return cert, key
-
-
-def make_leaf(directory: Path, name: str, ca: tuple[Path, Path], extensions: str) -> tuple[Path, Path]:
-    key, csr, cert = directory / f"{name}.key", directory / f"{name}.csr", directory / f"{name}.pem"
-    (directory / f"{name}.ext").write_text(extensions)
-    openssl("req", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes",
-            "-keyout", str(key), "-out", str(csr), "-subj", f"/CN={name}", cwd=directory)  # fmt: skip
-    openssl("x509", "-req", "-in", str(csr), "-CA", str(ca[0]), "-CAkey", str(ca[1]), "-CAcreateserial",
-            "-out", str(cert), "-days", "1", "-extfile", f"{name}.ext", cwd=directory)  # fmt: skip
-    return cert, key
-
-
 @pytest.fixture(scope="module")
 def pki(tmp_path_factory: pytest.TempPathFactory) -> Pki:
-    directory = tmp_path_factory.mktemp("pki")
-    ca = make_ca(directory, "test-ca")
-    server = make_leaf(
-        directory, "localhost", ca, "subjectAltName=DNS:localhost,IP:127.0.0.1\nextendedKeyUsage=serverAuth\n"
-    )
-    client = make_leaf(directory, "client", ca, "extendedKeyUsage=clientAuth\n")
-    rogue, _ = make_ca(directory, "rogue-ca")
-    return Pki(ca[0], server[0], server[1], client[0], client[1], rogue)
+    trusted = make_pki(tmp_path_factory.mktemp("pki"), "trusted")
+    rogue = make_pki(tmp_path_factory.mktemp("rogue-pki"), "rogue")
+    return Pki(trusted.ca, trusted.server_cert, trusted.server_key, trusted.client_cert, trusted.client_key, rogue.ca)
 
 
 @dataclass(frozen=True)

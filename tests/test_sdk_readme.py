@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from test_client_tls import Pki, make_pki
+from certificates import Pki, make_pki
 
 from emotion_build.server import TritonServer
 from emotion_client import _defaults as defaults
