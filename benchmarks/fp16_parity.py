@@ -6,7 +6,7 @@ Traces the same model twice, fp32 and fp16, exactly as `export` does, and runs e
 to 1e-4 in logits. Writes the result between the `fp16` markers of docs/benchmarks.md.
 
     python benchmarks/fp16_parity.py                     # CPU (torch has half-precision CPU kernels)
-    python benchmarks/fp16_parity.py --device cuda       # where the gpu target runs
+    python benchmarks/fp16_parity.py --device cuda       # where the GPU targets run (`fp16-gpu` markers)
 """
 
 from __future__ import annotations
@@ -136,7 +136,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         + ("**met**." if ok else "**not met**."),
     ]
     body = "\n".join(lines)
-    write_section(args.output, "fp16", body)
+    write_section(args.output, "fp16-gpu" if args.device.startswith("cuda") else "fp16", body)
     print(body)
     return 0 if ok else 1
 

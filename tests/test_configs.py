@@ -9,7 +9,7 @@ from google.protobuf import text_format
 from tritonclient.grpc import model_config_pb2 as mc
 
 from emotion_build.configs import all_configs, render
-from emotion_build.description import BatchingSettings, ModelDescription
+from emotion_build.description import TARGETS, BatchingSettings, ModelDescription
 
 LABELS = ("neu", "hap", "ang", "sad")
 
@@ -18,7 +18,7 @@ def parse(text: str) -> mc.ModelConfig:
     return text_format.Parse(text, mc.ModelConfig())
 
 
-@pytest.mark.parametrize("target", ["gpu", "cpu"])
+@pytest.mark.parametrize("target", TARGETS)
 def test_rendered_configs_round_trip_through_triton_protobuf(target: str) -> None:
     description = ModelDescription(labels=LABELS, batching=BatchingSettings(max_batch_size=16, max_queue_delay_us=700))
     for name, config in all_configs(description, target).items():  # type: ignore[arg-type]
@@ -97,7 +97,7 @@ def test_labels_follow_class_index_not_insertion_order() -> None:
         ModelDescription.labels_from_id2label({0: "neu", 2: "ang"})
 
 
-@pytest.mark.parametrize("target", ["gpu", "cpu"])
+@pytest.mark.parametrize("target", TARGETS)
 def test_queues_are_bounded_and_reject_and_the_classifier_warms_up(target: str) -> None:
     description = ModelDescription(labels=LABELS, batching=BatchingSettings(max_queue_size=64, queue_timeout_ms=1500))
     configs = all_configs(description, target)  # type: ignore[arg-type]

@@ -85,5 +85,5 @@ def test_fp16_weights_fp32_tensors_and_parity_on_speech(exported: dict[str, Path
 def test_fp16_is_refused_for_the_cpu_target() -> None:
     loaded = random_model("tiny", seed=5)
     description = describe(loaded, batching=BatchingSettings(), min_duration_s=0.1, max_duration_s=30.0)
-    with pytest.raises(ValueError, match="--target gpu"):
+    with pytest.raises(ValueError, match="GPU targets"):
         export(loaded, Path("unused"), "cpu", description, dtype="fp16")

@@ -8,6 +8,7 @@ processes is scoped to the pids and process group of the server the test started
 
 from __future__ import annotations
 
+import importlib.metadata
 import os
 import queue
 import re
@@ -28,10 +29,12 @@ import pytest
 import tritonclient.grpc as grpcclient
 
 from emotion_build import server as server_module
+from emotion_build.cli import main as cli_main
 from emotion_build.server import (
     PYTRITON_REQUIREMENT,
     Endpoints,
     ServerStartError,
+    StubEnvironmentError,
     TritonInstall,
     TritonNotFoundError,
     TritonServer,
@@ -213,6 +216,24 @@ def test_missing_wheel_names_the_requirement(monkeypatch: pytest.MonkeyPatch) ->
     monkeypatch.setattr(server_module, "_locate_pytriton", lambda: None)
     with pytest.raises(TritonNotFoundError, match=re.escape(f"pip install {PYTRITON_REQUIREMENT}")):
         find_tritonserver()
+
+
+def test_numpy_2_is_refused_before_the_stub_sends_empty_tensors(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    real_version = importlib.metadata.version
+    monkeypatch.setattr(importlib.metadata, "version", lambda name: "2.1.3" if name == "numpy" else real_version(name))
+    with pytest.raises(StubEnvironmentError, match=re.escape("numpy<2")) as raised:
+        find_tritonserver(cache_dir=tmp_path)
+    assert "numpy 2.1.3" in str(raised.value)
+    assert sys.prefix in str(raised.value)
+    # `serve` says the same in one line instead of a traceback.
+    repository = tmp_path / "repository"
+    (repository / "emotion").mkdir(parents=True)
+    (repository / "emotion" / "config.pbtxt").write_text('name: "emotion"\n')
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    assert cli_main(["serve", "--model-repository", str(repository)]) == 2
+    assert "error: numpy 2.1.3 is installed" in capsys.readouterr().err
 
 
 def test_identity_inference_then_clean_stop(running: TritonServer, identity_repository: Path) -> None:

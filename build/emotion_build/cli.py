@@ -21,7 +21,7 @@ UNTRAINED_BANNER = """\
 
 
 def _parser() -> argparse.ArgumentParser:
-    from .description import BatchingSettings, ModelDescription
+    from .description import TARGETS, BatchingSettings, ModelDescription
     from .loading import DEFAULT_MODEL
     from .security import API_GROUPS, DEFAULT_PROTECTED_APIS, DEFAULT_TOKEN_HEADER
 
@@ -39,10 +39,11 @@ def _parser() -> argparse.ArgumentParser:
     export.add_argument("--output", type=Path, default=Path("model_repository"), help="repository directory")
     export.add_argument(
         "--target",
-        choices=("gpu", "cpu"),
+        choices=TARGETS,
         default="gpu",
         help="gpu: pytorch_libtorch on KIND_GPU (NVIDIA's container); cpu: the same model.pt "
-        "run by a Python-backend runner (pip tritonserver)",
+        "run by a Python-backend runner (pip tritonserver); gpu-python: that runner on KIND_GPU "
+        "(pip tritonserver on a GPU machine)",
     )
     export.add_argument(
         "--random-init",
@@ -55,7 +56,7 @@ def _parser() -> argparse.ArgumentParser:
         "--dtype",
         choices=("fp32", "fp16"),
         default="fp32",
-        help="precision of the weights in model.pt; fp16 is for --target gpu (traced on CUDA when present, "
+        help="precision of the weights in model.pt; fp16 is for the GPU targets (traced on CUDA when present, "
         "checked against fp32 eager: max |Δprob| <= 1e-2); inputs and outputs stay FP32",
     )
     export.add_argument(
@@ -114,7 +115,7 @@ def _parser() -> argparse.ArgumentParser:
 
     serve = commands.add_parser(
         "serve",
-        help="run the pip-installed tritonserver (CPU) on a repository",
+        help="run the pip-installed tritonserver on a cpu or gpu-python repository",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     serve.add_argument("--model-repository", type=Path, default=Path("model_repository"))
@@ -183,6 +184,7 @@ def _export(args: argparse.Namespace) -> int:
             intra_op_threads=getattr(args, "intra_op_threads", target_defaults.intra_op_threads),
             max_queue_size=args.max_queue_size,
             queue_timeout_ms=args.queue_timeout_ms,
+            max_padding_fraction=target_defaults.max_padding_fraction,
         )
         description = describe(
             loaded,
@@ -219,7 +221,7 @@ def _security(args: argparse.Namespace) -> tuple[GrpcTLS | None, TokenAuth | Non
 
 
 def _serve(args: argparse.Namespace) -> int:
-    from .server import serve
+    from .server import ServerError, serve
 
     if not (args.model_repository / "emotion" / "config.pbtxt").is_file():
         print(
@@ -228,22 +230,35 @@ def _serve(args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
         return 2
+    classifier_config = args.model_repository / "classifier" / "config.pbtxt"
+    if classifier_config.is_file() and "pytorch_libtorch" in classifier_config.read_text():
+        print(
+            f"error: {args.model_repository} is a gpu-target repository: its classifier needs the libtorch "
+            "backend of NVIDIA's Triton container (docker/), which the pip tritonserver lacks; export "
+            "--target cpu, or --target gpu-python on a GPU machine",
+            file=sys.stderr,
+        )
+        return 2
     try:
         tls, auth = _security(args)
     except ValueError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
-    return serve(
-        args.model_repository,
-        grpc_port=args.grpc_port,
-        http_port=args.http_port,
-        metrics_port=args.metrics_port,
-        host=args.host,
-        log_verbose=args.log_verbose,
-        tls=tls,
-        auth=auth,
-        http_host=args.http_host,
-    )
+    try:
+        return serve(
+            args.model_repository,
+            grpc_port=args.grpc_port,
+            http_port=args.http_port,
+            metrics_port=args.metrics_port,
+            host=args.host,
+            log_verbose=args.log_verbose,
+            tls=tls,
+            auth=auth,
+            http_host=args.http_host,
+        )
+    except ServerError as error:  # not installed, or an environment the stub cannot use
+        print(f"error: {error}", file=sys.stderr)
+        return 2
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -18,6 +18,7 @@ from .description import (
     LABELS_FILE,
     PREPROCESS_MODEL,
     PROBABILITIES_OUTPUT,
+    TARGETS,
     WAVEFORM,
     WAVEFORM_ENDS,
     ModelDescription,
@@ -102,9 +103,10 @@ def classifier_config(description: ModelDescription, target: Target) -> mc.Model
         config.platform = "pytorch_libtorch"
         config.instance_group.add(kind=mc.ModelInstanceGroup.KIND_GPU, count=batching.classifier_instances)
         _parameters(config, {"INFERENCE_MODE": "true"})
-    elif target == "cpu":
+    elif target in ("cpu", "gpu-python"):
         config.backend = "python"
-        config.instance_group.add(kind=mc.ModelInstanceGroup.KIND_CPU, count=batching.classifier_instances)
+        kind = mc.ModelInstanceGroup.KIND_GPU if target == "gpu-python" else mc.ModelInstanceGroup.KIND_CPU
+        config.instance_group.add(kind=kind, count=batching.classifier_instances)
         # The runner checks each clip on its own too: the classifier is reachable without the ensemble,
         # and one clip too short for the conv stack would otherwise fail everyone in its batch.
         _parameters(
@@ -118,7 +120,7 @@ def classifier_config(description: ModelDescription, target: Target) -> mc.Model
         )
         _parameters(config, {"max_padding_fraction": repr(batching.max_padding_fraction)})
     else:
-        raise ValueError(f"target must be 'gpu' or 'cpu', got {target!r}")
+        raise ValueError(f"target must be one of {', '.join(TARGETS)}, got {target!r}")
     return config
 
 

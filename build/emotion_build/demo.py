@@ -45,7 +45,7 @@ def run_demo(repository: Path, samples: Path, *, model: str = DEFAULT_MODEL, reb
     from .cli import UNTRAINED_BANNER
     from .description import BatchingSettings
     from .export import describe, export
-    from .server import TritonServer
+    from .server import ServerError, TritonServer
 
     files = sorted(p for p in samples.iterdir() if p.suffix.lower() in AUDIO_SUFFIXES) if samples.is_dir() else []
     if not files:
@@ -64,20 +64,24 @@ def run_demo(repository: Path, samples: Path, *, model: str = DEFAULT_MODEL, reb
 
     _say("starting tritonserver (CPU) ...")
     failures = 0
-    with TritonServer(repository) as server, EmotionClient(server.endpoints.grpc_url) as client:
-        _say(f"serving on gRPC {server.endpoints.grpc_url}, HTTP {server.endpoints.http_url}")
-        info = client.model_info()
-        print(f"\n{'file':<30} {'label':>6} {'score':>6}   all scores")
-        for path in files:
-            try:
-                result = client.classify(path)
-            except EmotionClientError as error:
-                failures += 1
-                print(f"{path.name:<30} error: {error}")
-                continue
-            scores = "  ".join(f"{entry.label} {entry.score:.3f}" for entry in result.scores)
-            print(f"{path.name:<30} {result.label:>6} {result.score:>6.3f}   {scores}")
-        print(f"\nlabels from the server: {', '.join(info.labels)}")
-        if info.untrained:
-            print(UNTRAINED_BANNER.format(source=provenance.source_model))
+    try:
+        with TritonServer(repository) as server, EmotionClient(server.endpoints.grpc_url) as client:
+            _say(f"serving on gRPC {server.endpoints.grpc_url}, HTTP {server.endpoints.http_url}")
+            info = client.model_info()
+            print(f"\n{'file':<30} {'label':>6} {'score':>6}   all scores")
+            for path in files:
+                try:
+                    result = client.classify(path)
+                except EmotionClientError as error:
+                    failures += 1
+                    print(f"{path.name:<30} error: {error}")
+                    continue
+                scores = "  ".join(f"{entry.label} {entry.score:.3f}" for entry in result.scores)
+                print(f"{path.name:<30} {result.label:>6} {result.score:>6.3f}   {scores}")
+            print(f"\nlabels from the server: {', '.join(info.labels)}")
+            if info.untrained:
+                print(UNTRAINED_BANNER.format(source=provenance.source_model))
+    except ServerError as error:  # the server is not installed, or cannot run here
+        _say(f"error: {error}")
+        return 2
     return 1 if failures else 0

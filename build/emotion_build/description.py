@@ -23,6 +23,7 @@ __all__ = [
     "MAX_ABS_AMPLITUDE",
     "PREPROCESS_MODEL",
     "PROBABILITIES_OUTPUT",
+    "TARGETS",
     "WAVEFORM",
     "WAVEFORM_ENDS",
     "BatchingSettings",
@@ -32,7 +33,10 @@ __all__ = [
     "receptive_field",
 ]
 
-Target = Literal["gpu", "cpu"]
+Target = Literal["gpu", "cpu", "gpu-python"]
+"""gpu: libtorch on KIND_GPU (NVIDIA's container). cpu: the Python-backend runner on KIND_CPU (pip
+tritonserver). gpu-python: that runner on KIND_GPU, for servers without the libtorch backend."""
+TARGETS: tuple[Target, ...] = ("gpu", "cpu", "gpu-python")
 
 ENSEMBLE_MODEL = "emotion"
 PREPROCESS_MODEL = "preprocess"
@@ -99,10 +103,16 @@ class BatchingSettings:
 
     @classmethod
     def for_target(cls, target: Target) -> BatchingSettings:
-        """The defaults of one target. The gpu ones (bigger batches, a 2 ms delay, one instance) are
-        the pre-measurement defaults: no GPU was available to measure them (docs/benchmarks.md)."""
-        if target == "gpu":
-            return cls(max_batch_size=32, max_queue_delay_us=2000, classifier_instances=1, intra_op_threads=0)
+        """The defaults of one target. Both GPU targets take bigger batches, a 2 ms delay and one
+        instance, and run a batch whole: a GPU pays for padding far less than for more launches."""
+        if target in ("gpu", "gpu-python"):
+            return cls(
+                max_batch_size=32,
+                max_queue_delay_us=2000,
+                classifier_instances=1,
+                intra_op_threads=0,
+                max_padding_fraction=math.inf,
+            )
         return cls()
 
 

@@ -172,13 +172,13 @@ def export(
     progress: Progress | None = None,
     dtype: Dtype = "fp32",
 ) -> ExportResult:
-    """`dtype` "fp16" (gpu target only) traces half-precision weights, on CUDA when there is one, and
+    """`dtype` "fp16" (GPU targets only) traces half-precision weights, on CUDA when there is one, and
     checks probabilities against the fp32 eager model instead of logits."""
     say = progress or (lambda message: print(message, file=sys.stderr, flush=True))
     if dtype not in TORCH_DTYPES:
         raise ValueError(f"dtype must be one of {', '.join(TORCH_DTYPES)}, got {dtype!r}")
-    if dtype != "fp32" and target != "gpu":
-        raise ValueError(f"--dtype {dtype} is for --target gpu (libtorch on CUDA); the cpu target's runner serves fp32")
+    if dtype != "fp32" and target == "cpu":
+        raise ValueError(f"--dtype {dtype} is for the GPU targets (gpu, gpu-python); on a CPU half precision is slower")
     device = "cuda" if dtype != "fp32" and torch.cuda.is_available() else "cpu"
     sample_rate = description.sample_rate
     if check_lengths is None:

@@ -21,16 +21,13 @@ from .description import (
 
 __all__ = ["MODEL_SOURCES", "write_repository"]
 
+_PREPROCESS_SOURCES = (("preprocess_model.py", "model.py"), ("waveform.py", "waveform.py"))
+_RUNNER_SOURCES = (("classifier_model.py", "model.py"), ("ragged.py", "ragged.py"), ("waveform.py", "waveform.py"))
+
 MODEL_SOURCES: dict[str, dict[Target, tuple[tuple[str, str], ...]]] = {
-    PREPROCESS_MODEL: {
-        "gpu": (("preprocess_model.py", "model.py"), ("waveform.py", "waveform.py")),
-        "cpu": (("preprocess_model.py", "model.py"), ("waveform.py", "waveform.py")),
-    },
-    CLASSIFIER_MODEL: {
-        "gpu": (),
-        "cpu": (("classifier_model.py", "model.py"), ("ragged.py", "ragged.py"), ("waveform.py", "waveform.py")),
-    },
-    ENSEMBLE_MODEL: {"gpu": (), "cpu": ()},
+    PREPROCESS_MODEL: {"gpu": _PREPROCESS_SOURCES, "cpu": _PREPROCESS_SOURCES, "gpu-python": _PREPROCESS_SOURCES},
+    CLASSIFIER_MODEL: {"gpu": (), "cpu": _RUNNER_SOURCES, "gpu-python": _RUNNER_SOURCES},
+    ENSEMBLE_MODEL: {"gpu": (), "cpu": (), "gpu-python": ()},
 }
 """Which source files of `triton_models` each served model needs, and the name each takes there."""
 

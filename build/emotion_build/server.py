@@ -47,6 +47,7 @@ __all__ = [
     "Endpoints",
     "ServerError",
     "ServerStartError",
+    "StubEnvironmentError",
     "StubProcess",
     "TritonInstall",
     "TritonNotFoundError",
@@ -108,6 +109,10 @@ class ServerError(RuntimeError):
 
 class TritonNotFoundError(ServerError):
     """The wheel, its binary or the stub for this Python is missing; the message says what to install."""
+
+
+class StubEnvironmentError(ServerError):
+    """This environment has a package the Python-backend stub cannot work with; the message says which."""
 
 
 class ServerStartError(ServerError):
@@ -179,6 +184,9 @@ class TritonInstall:
 def find_tritonserver(*, cache_dir: Path | None = None) -> TritonInstall:
     """Locate the wheel's tritonserver and prepare its backends under `cache_dir`.
 
+    Raises TritonNotFoundError when the wheel, binary or stub is missing, StubEnvironmentError
+    when this environment's NumPy is one the stub cannot use.
+
     `cache_dir` defaults to `$XDG_CACHE_HOME/emotion-build` (else `~/.cache/emotion-build`); the
     backends land in `<cache_dir>/tritonserver-<version>-py<major.minor>/backends`, keyed on the
     Python version because the stub embeds one libpython. Preparing is idempotent and safe when
@@ -209,6 +217,7 @@ def find_tritonserver(*, cache_dir: Path | None = None) -> TritonInstall:
             f"`pip install {PYTRITON_REQUIREMENT}`"
         )
     version = _triton_version()
+    _check_stub_numpy(version)
     root = (cache_dir if cache_dir is not None else _default_cache_dir()) / (
         f"tritonserver-{version}-py{python_version}"
     )
@@ -696,6 +705,30 @@ def _locate_pytriton() -> Path | None:
     if spec is None or not spec.submodule_search_locations:
         return None
     return Path(next(iter(spec.submodule_search_locations)))
+
+
+_NUMPY1_STUBS = frozenset({"2.51.0"})
+"""Releases whose Python-backend stub was built against NumPy 1 (pybind11 before NumPy 2 support)."""
+
+
+def _check_stub_numpy(version: str) -> None:
+    """The 2.51 stub reads a NumPy 2 array's element size at NumPy 1's struct offset and gets 0, so
+    every tensor a Python model returns reaches the server with 0 bytes: the ensemble then fails
+    each request with "input byte size mismatch ... got 0". Measured on a GPU machine whose image
+    had NumPy 2.5 (docs/benchmarks.md, GPU). The stub imports this interpreter's venv, not
+    PYTHONPATH, so this venv's NumPy is the one to check."""
+    if version not in _NUMPY1_STUBS:
+        return
+    try:
+        numpy_version = importlib.metadata.version("numpy")
+    except importlib.metadata.PackageNotFoundError:
+        return
+    if int(numpy_version.split(".", 1)[0]) >= 2:
+        raise StubEnvironmentError(
+            f"numpy {numpy_version} is installed in {sys.prefix}, but the Python-backend stub of tritonserver "
+            f"{version} was built for NumPy 1: every tensor its models return would arrive empty. "
+            "Install `numpy<2` in this environment (pip install 'emotion-build[serve]' pins it)."
+        )
 
 
 def _triton_version() -> str:

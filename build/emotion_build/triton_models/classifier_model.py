@@ -1,9 +1,11 @@
-"""Triton Python-backend model `classifier` for CPU servers without the libtorch backend.
+"""Triton Python-backend model `classifier` for servers without the libtorch backend.
 
 It loads the very model.pt that `platform: "pytorch_libtorch"` serves on GPU and feeds it the
-same ragged batch that backend would build, so CPU and GPU serve one artifact. Each clip is
-checked on its own first (the classifier can be called without the ensemble): a bad clip gets
-its own INVALID_ARG response and the rest of the batch runs without it.
+same ragged batch that backend would build, so every target serves one artifact. It runs where
+its instance group puts it: KIND_CPU on the CPU (the cpu target), KIND_GPU on that instance's GPU
+(the gpu-python target, for the pip tritonserver on a GPU machine). Each clip is checked on its
+own first (the classifier can be called without the ensemble): a bad clip gets its own
+INVALID_ARG response and the rest of the batch runs without it.
 """
 
 from __future__ import annotations
@@ -34,8 +36,14 @@ class TritonPythonModel:
         self.input_name = config["input"][0]["name"]
         self.output_names = [output["name"] for output in config["output"]]
         self.max_padding = float(parameters.get("max_padding_fraction", "inf"))
+        self.device = torch.device(parameters.get("device") or self._instance_device(args))
         path = os.path.join(args["model_repository"], args["model_version"], "model.pt")
-        self.model = torch.jit.load(path, map_location="cpu").eval()  # type: ignore[no-untyped-call]
+        self.model = torch.jit.load(path, map_location=self.device).eval()  # type: ignore[no-untyped-call]
+
+    @staticmethod
+    def _instance_device(args: dict[str, str]) -> str:
+        on_gpu = args.get("model_instance_kind") == "GPU"
+        return f"cuda:{args['model_instance_device_id']}" if on_gpu else "cpu"
 
     def _forward(self, clips: list[Any]) -> list[torch.Tensor]:
         """The model on clips of similar length at a time, outputs back in the batch's order."""
@@ -44,8 +52,8 @@ class TritonPythonModel:
         with torch.inference_mode():
             for group in groups:
                 flat, ends = concatenate([clips[i] for i in group])
-                results = self.model(torch.from_numpy(flat), torch.from_numpy(ends))
-                outputs.append([result.numpy() for result in results])
+                results = self.model(torch.from_numpy(flat).to(self.device), torch.from_numpy(ends).to(self.device))
+                outputs.append([result.cpu().numpy() for result in results])
         return [torch.from_numpy(rows) for rows in merge_groups(groups, outputs)]
 
     def execute(self, requests: list[Any]) -> list[Any]:

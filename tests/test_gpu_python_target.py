@@ -1,0 +1,118 @@
+"""The gpu-python target: the Python-backend runner on KIND_GPU, for tritonservers without libtorch.
+
+No GPU is needed here: the configs, the exported files and the runner's choice of device are
+checked on the CPU; the GPU run itself is in docs/benchmarks.md ("GPU").
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import sys
+import types
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+from google.protobuf import json_format
+from tritonclient.grpc import model_config_pb2 as mc
+
+from emotion_build.cli import main as cli_main
+from emotion_build.configs import all_configs, render
+from emotion_build.description import BatchingSettings, ModelDescription, Provenance
+from emotion_build.export import describe, export
+from emotion_build.loading import random_model
+
+LABELS = ("neu", "hap", "ang", "sad")
+
+
+def test_gpu_python_classifier_is_the_cpu_runner_on_kind_gpu() -> None:
+    description = ModelDescription(labels=LABELS, batching=BatchingSettings.for_target("gpu-python"))
+    gpu_python = all_configs(description, "gpu-python")["classifier"]
+    cpu = all_configs(description, "cpu")["classifier"]
+    assert gpu_python.backend == "python"
+    assert [group.kind for group in gpu_python.instance_group] == [mc.ModelInstanceGroup.KIND_GPU]
+    assert gpu_python.parameters["max_padding_fraction"].string_value == "inf"  # a GPU batch runs whole
+    for config in (gpu_python, cpu):
+        for group in config.instance_group:
+            group.ClearField("kind")
+    assert gpu_python == cpu
+
+
+def test_gpu_targets_share_the_gpu_batching_defaults() -> None:
+    gpu = BatchingSettings.for_target("gpu")
+    assert BatchingSettings.for_target("gpu-python") == gpu
+    assert gpu.classifier_instances == 1
+    assert gpu.max_batch_size > BatchingSettings.for_target("cpu").max_batch_size
+
+
+@pytest.fixture(scope="module")
+def gpu_python_repository(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    loaded = random_model("tiny", seed=3)
+    description = describe(
+        loaded, batching=BatchingSettings.for_target("gpu-python"), min_duration_s=0.1, max_duration_s=30.0
+    )
+    output = tmp_path_factory.mktemp("gpu-python") / "model_repository"
+    export(loaded, output, "gpu-python", description, dtype="fp16", check_lengths=[1600, 16000, 40000])
+    return output
+
+
+def test_export_writes_the_runner_and_a_half_precision_model(gpu_python_repository: Path) -> None:
+    version = gpu_python_repository / "classifier" / "1"
+    assert {"model.py", "ragged.py", "waveform.py", "model.pt"} <= {p.name for p in version.iterdir()}
+    provenance = Provenance.from_json((version / "export.json").read_text())
+    assert (provenance.target, provenance.dtype) == ("gpu-python", "float16")
+    assert "KIND_GPU" in (gpu_python_repository / "classifier" / "config.pbtxt").read_text()
+
+
+def load_runner(version: Path, monkeypatch: pytest.MonkeyPatch) -> Any:
+    """classifier/1/model.py as the stub imports it, with a stand-in for Triton's utils module."""
+    monkeypatch.setitem(sys.modules, "triton_python_backend_utils", types.ModuleType("triton_python_backend_utils"))
+    monkeypatch.syspath_prepend(str(version))
+    spec = importlib.util.spec_from_file_location("gpu_python_runner", version / "model.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.mark.parametrize(("kind", "device_id", "expected"), [("GPU", "1", "cuda:1"), ("CPU", "0", "cpu")])
+def test_the_runner_loads_the_model_where_its_instance_group_puts_it(
+    gpu_python_repository: Path, monkeypatch: pytest.MonkeyPatch, kind: str, device_id: str, expected: str
+) -> None:
+    runner = load_runner(gpu_python_repository / "classifier" / "1", monkeypatch)
+    placed: list[torch.device] = []
+    real_load = torch.jit.load
+
+    def record(path: str, map_location: torch.device) -> Any:
+        placed.append(map_location)
+        return real_load(path, map_location="cpu")  # type: ignore[no-untyped-call]
+
+    monkeypatch.setattr(torch.jit, "load", record)
+    description = ModelDescription(labels=LABELS, batching=BatchingSettings.for_target("gpu-python"))
+    config = all_configs(description, "gpu-python")["classifier"]
+    model = runner.TritonPythonModel()
+    model.initialize(
+        {
+            "model_config": json.dumps(json_format.MessageToDict(config, preserving_proto_field_name=True)),
+            "model_instance_kind": kind,
+            "model_instance_device_id": device_id,
+            "model_repository": str(gpu_python_repository / "classifier"),
+            "model_version": "1",
+        }
+    )
+    assert placed == [torch.device(expected)]
+    assert model.device == torch.device(expected)
+
+
+def test_serve_refuses_a_libtorch_repository_with_the_way_out(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    for name, config in all_configs(ModelDescription(labels=LABELS), "gpu").items():
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "config.pbtxt").write_text(render(config))
+    assert cli_main(["serve", "--model-repository", str(tmp_path)]) == 2
+    error = capsys.readouterr().err
+    assert "libtorch" in error
+    assert "--target gpu-python" in error
