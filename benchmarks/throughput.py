@@ -13,7 +13,7 @@ depend on weight values), espeak-ng speech of 1 s, 4 s, 10 s and mixed lengths:
 It writes the tables into docs/benchmarks.md (between its `throughput` markers) and a plot of
 throughput and p99 latency against concurrency to docs/benchmarks.png.
 
-    make bench                                       # the full run (about 10 min on 2 CPU cores)
+    make bench                                       # the full run (about 15 min on 2 CPU cores)
     python benchmarks/throughput.py --quick          # about 3 min: fewer points, shorter windows
     python benchmarks/throughput.py --tune           # dynamic-batching settings, one server each
     # a GPU machine: the pip tritonserver serves a gpu-python export (fp16) it makes itself
