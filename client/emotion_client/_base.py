@@ -145,6 +145,22 @@ class ClientCore:
             return ServerUnavailableError(message)
         return ModelNotReadyError(message)
 
+    def infer_request(self, inputs: list[Any], outputs: list[Any]) -> Callable[[Any, float], Any]:
+        """One ensemble inference as the twins' ``_call`` sends it: tritonclient's sync and asyncio
+        ``infer`` take the same arguments (the asyncio one returns a coroutine for ``_call`` to await)."""
+
+        def send(triton: Any, deadline_s: float) -> Any:
+            return triton.infer(
+                self.model_name,
+                inputs,
+                model_version=self.model_version,
+                outputs=outputs,
+                headers=self.headers,
+                client_timeout=deadline_s,
+            )
+
+        return send
+
     def describe(self, cls: str) -> str:
         urls = self.urls[0] if len(self.urls) == 1 else list(self.urls)
         return f"{cls}(url={urls!r}, model_name={self.model_name!r})"

@@ -347,18 +347,7 @@ class AsyncEmotionClient:
 
     async def _infer(self, inputs: list[Any], outputs: list[Any], *, timeout_s: float | None) -> Any:
         """One inference on the ensemble, through the retrying error boundary."""
-        core = self._core
-        return await self._call(
-            lambda triton, deadline_s: triton.infer(
-                core.model_name,
-                inputs,
-                model_version=core.model_version,
-                outputs=outputs,
-                headers=core.headers,
-                client_timeout=deadline_s,
-            ),
-            timeout_s=timeout_s,
-        )
+        return await self._call(self._core.infer_request(inputs, outputs), timeout_s=timeout_s)
 
     async def _call(self, send: Callable[[Any, float], Awaitable[_T]], *, timeout_s: float | None) -> _T:
         """Send with retries; the async twin of ``EmotionClient._call``."""

@@ -354,18 +354,7 @@ class EmotionClient:
 
     def _infer(self, inputs: list[Any], outputs: list[Any], *, timeout_s: float | None) -> Any:
         """One inference on the ensemble, through the retrying error boundary."""
-        core = self._core
-        return self._call(
-            lambda triton, deadline_s: triton.infer(
-                core.model_name,
-                inputs,
-                model_version=core.model_version,
-                outputs=outputs,
-                headers=core.headers,
-                client_timeout=deadline_s,
-            ),
-            timeout_s=timeout_s,
-        )
+        return self._call(self._core.infer_request(inputs, outputs), timeout_s=timeout_s)
 
     def _ensure_open(self) -> None:
         if self._closed:
