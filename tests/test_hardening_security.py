@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 import pytest
 import tritonclient.grpc as grpcclient
-from certificates import make_pki
+from certificates import Pki, make_pki
 from triton_probes import ServeProcess, clip, infer, report, tensor
 from tritonclient.utils import InferenceServerException
 
@@ -35,21 +35,15 @@ RESTRICTED = f"This protocol is restricted, expecting header '{GRPC_HEADER_PREFI
 CLIP = clip(1.0, seed=77)
 
 
-@dataclass(frozen=True)
-class Pki:
-    ca: Path
-    server_cert: Path
-    server_key: Path
-    client_cert: Path
-    client_key: Path
-    rogue_ca: Path
+@pytest.fixture(scope="module")
+def pki(tmp_path_factory: pytest.TempPathFactory) -> Pki:
+    return make_pki(tmp_path_factory.mktemp("pki"), "trusted")
 
 
 @pytest.fixture(scope="module")
-def pki(tmp_path_factory: pytest.TempPathFactory) -> Pki:
-    trusted = make_pki(tmp_path_factory.mktemp("pki"), "trusted")
-    rogue = make_pki(tmp_path_factory.mktemp("rogue-pki"), "rogue")
-    return Pki(trusted.ca, trusted.server_cert, trusted.server_key, trusted.client_cert, trusted.client_key, rogue.ca)
+def rogue_ca(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A CA that signed nothing the server holds."""
+    return make_pki(tmp_path_factory.mktemp("rogue-pki"), "rogue").ca
 
 
 @dataclass(frozen=True)
@@ -115,8 +109,8 @@ def test_a_plaintext_client_is_refused_even_with_the_token(secured: Secured) -> 
     report("security", "plaintext gRPC client vs TLS server", tried=3, as_expected=3, note="UNAVAILABLE")
 
 
-def test_a_client_trusting_another_ca_is_refused(secured: Secured, pki: Pki) -> None:
-    error = refused(lambda: tls_client(secured.grpc_url, pki, ca=pki.rogue_ca).is_server_live(client_timeout=10))
+def test_a_client_trusting_another_ca_is_refused(secured: Secured, pki: Pki, rogue_ca: Path) -> None:
+    error = refused(lambda: tls_client(secured.grpc_url, pki, ca=rogue_ca).is_server_live(client_timeout=10))
     assert error.status() == "StatusCode.UNAVAILABLE"
     report("security", "TLS client trusting another CA", tried=1, as_expected=1, note="handshake refused")
 
