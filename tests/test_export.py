@@ -12,17 +12,39 @@ import numpy as np
 import pytest
 import torch
 
+from emotion_build.batched_classifier import CONV_FORMS, grouped_conv_frames
 from emotion_build.description import Provenance
-from emotion_build.export import check_parity, trace
+from emotion_build.export import check_parity, conv_form_for, trace
 from emotion_build.loading import load_pretrained, random_model
 
 SAMPLE_RATE = 16000
 
 
-@pytest.fixture(scope="module")
-def traced_tiny():  # type: ignore[no-untyped-def]
+@pytest.fixture(scope="module", params=CONV_FORMS)
+def traced_tiny(request: pytest.FixtureRequest):  # type: ignore[no-untyped-def]
+    """Both forms of the convolutions: native (cpu target) and matrix products (GPU targets)."""
     loaded = random_model("tiny", seed=11)
-    return loaded, trace(loaded, SAMPLE_RATE)
+    return loaded, trace(loaded, SAMPLE_RATE, conv_form=request.param)
+
+
+@pytest.mark.parametrize("rows_per_chunk", [1, 7, 8192])
+def test_grouped_conv_frames_is_the_positional_conv(rows_per_chunk: int) -> None:
+    """Against PyTorch's own grouped conv (kernel 128, 16 groups, same-pad cut) for any chunking."""
+    generator = torch.Generator().manual_seed(rows_per_chunk)
+    groups, per_group, kernel, steps = 16, 3, 128, 37
+    hidden = torch.randn(4, steps, groups * per_group, generator=generator)
+    weight = torch.randn(groups * per_group, per_group, kernel, generator=generator)
+    bias = torch.randn(groups * per_group, generator=generator)
+    expected = torch.nn.functional.conv1d(hidden.transpose(1, 2), weight, bias, padding=kernel // 2, groups=groups)
+    expected = expected[:, :, :steps].transpose(1, 2)
+    layout = weight.reshape(groups, per_group, per_group, kernel).permute(0, 2, 3, 1).reshape(groups, -1, per_group)
+    actual = grouped_conv_frames(hidden, layout.contiguous(), bias, kernel // 2, rows_per_chunk)
+    torch.testing.assert_close(actual, expected, rtol=1e-4, atol=1e-4)
+
+
+def test_export_picks_the_conv_form_by_target() -> None:
+    assert conv_form_for("cpu") == "native"
+    assert conv_form_for("gpu") == conv_form_for("gpu-python") == "matmul"
 
 
 def test_saved_file_matches_eager_alone_and_batched(traced_tiny, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]

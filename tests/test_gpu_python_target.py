@@ -10,6 +10,7 @@ import importlib.util
 import json
 import sys
 import types
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -62,7 +63,7 @@ def test_export_writes_the_runner_and_a_half_precision_model(gpu_python_reposito
     version = gpu_python_repository / "classifier" / "1"
     assert {"model.py", "ragged.py", "waveform.py", "model.pt"} <= {p.name for p in version.iterdir()}
     provenance = Provenance.from_json((version / "export.json").read_text())
-    assert (provenance.target, provenance.dtype) == ("gpu-python", "float16")
+    assert (provenance.target, provenance.dtype, provenance.conv_form) == ("gpu-python", "float16", "matmul")
     assert "KIND_GPU" in (gpu_python_repository / "classifier" / "config.pbtxt").read_text()
 
 
@@ -77,11 +78,27 @@ def load_runner(version: Path, monkeypatch: pytest.MonkeyPatch) -> Any:
     return module
 
 
+def initialize_runner(
+    repository: Path, monkeypatch: pytest.MonkeyPatch, config: mc.ModelConfig, kind: str, device_id: str
+) -> Any:
+    runner = load_runner(repository / "classifier" / "1", monkeypatch)
+    model = runner.TritonPythonModel()
+    model.initialize(
+        {
+            "model_config": json.dumps(json_format.MessageToDict(config, preserving_proto_field_name=True)),
+            "model_instance_kind": kind,
+            "model_instance_device_id": device_id,
+            "model_repository": str(repository / "classifier"),
+            "model_version": "1",
+        }
+    )
+    return model
+
+
 @pytest.mark.parametrize(("kind", "device_id", "expected"), [("GPU", "1", "cuda:1"), ("CPU", "0", "cpu")])
 def test_the_runner_loads_the_model_where_its_instance_group_puts_it(
     gpu_python_repository: Path, monkeypatch: pytest.MonkeyPatch, kind: str, device_id: str, expected: str
 ) -> None:
-    runner = load_runner(gpu_python_repository / "classifier" / "1", monkeypatch)
     placed: list[torch.device] = []
     real_load = torch.jit.load
 
@@ -92,18 +109,46 @@ def test_the_runner_loads_the_model_where_its_instance_group_puts_it(
     monkeypatch.setattr(torch.jit, "load", record)
     description = ModelDescription(labels=LABELS, batching=BatchingSettings.for_target("gpu-python"))
     config = all_configs(description, "gpu-python")["classifier"]
-    model = runner.TritonPythonModel()
-    model.initialize(
-        {
-            "model_config": json.dumps(json_format.MessageToDict(config, preserving_proto_field_name=True)),
-            "model_instance_kind": kind,
-            "model_instance_device_id": device_id,
-            "model_repository": str(gpu_python_repository / "classifier"),
-            "model_version": "1",
-        }
-    )
+    model = initialize_runner(gpu_python_repository, monkeypatch, config, kind, device_id)
     assert placed == [torch.device(expected)]
     assert model.device == torch.device(expected)
+
+
+@pytest.fixture
+def jit_switches_restored() -> Iterator[None]:
+    """The switches are process-wide: put TorchScript's back as it was for the tests after."""
+    executor = torch._C._jit_set_profiling_executor(True)
+    torch._C._jit_set_profiling_executor(executor)
+    profiling = torch._C._jit_set_profiling_mode(True)
+    torch._C._jit_set_profiling_mode(profiling)
+    fuser, optimize = torch._C._jit_texpr_fuser_enabled(), torch._C._get_graph_executor_optimize()
+    yield
+    torch._C._jit_set_profiling_executor(executor)
+    torch._C._jit_set_profiling_mode(profiling)
+    torch._C._jit_set_texpr_fuser_enabled(fuser)
+    torch._C._set_graph_executor_optimize(optimize)
+
+
+@pytest.mark.usefixtures("jit_switches_restored")
+def test_the_runner_honours_the_libtorch_backends_jit_parameters(
+    gpu_python_repository: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An operator tunes TorchScript with the same config parameters on either GPU runner."""
+    description = ModelDescription(labels=LABELS, batching=BatchingSettings.for_target("gpu-python"))
+    config = all_configs(description, "gpu-python")["classifier"]
+    settings = {
+        "ENABLE_JIT_EXECUTOR": "false",
+        "ENABLE_JIT_PROFILING": "False",
+        "ENABLE_TENSOR_FUSER": "false",
+        "DISABLE_OPTIMIZED_EXECUTION": "true",
+    }
+    for key, value in settings.items():
+        config.parameters[key].string_value = value
+    initialize_runner(gpu_python_repository, monkeypatch, config, "CPU", "0")
+    assert torch._C._jit_set_profiling_executor(True) is False
+    assert torch._C._jit_set_profiling_mode(True) is False
+    assert torch._C._jit_texpr_fuser_enabled() is False
+    assert torch._C._get_graph_executor_optimize() is False
 
 
 def test_serve_refuses_a_libtorch_repository_with_the_way_out(

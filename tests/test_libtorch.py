@@ -17,6 +17,9 @@ import numpy as np
 import pytest
 import torch
 
+from emotion_build.export import conv_form_for, trace
+from emotion_build.loading import load_pretrained
+
 SOURCE = Path(__file__).resolve().parent / "libtorch" / "run_model.cc"
 SAMPLE_RATE = 16_000
 CLIP_SECONDS = (0.3, 1.0, 2.5)
@@ -111,9 +114,24 @@ def test_binary_links_libtorch_without_python(run_model_binary: Path) -> None:
     assert not [symbol for symbol in undefined if symbol.startswith(("Py", "_Py"))]
 
 
+@pytest.fixture(scope="module")
+def gpu_form_model(tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The GPU targets' form of the module (matrix-product convolutions, a scripted chunk loop),
+    in fp32: what the libtorch backend loads, traced here as `export --target gpu` traces it."""
+    path = tmp_path_factory.mktemp("gpu-form") / "model.pt"
+    trace(load_pretrained(str(tiny_model_dir)), SAMPLE_RATE, conv_form=conv_form_for("gpu")).save(str(path))
+    return path
+
+
 @pytest.mark.filterwarnings("ignore:.*torch.jit.load.*:DeprecationWarning")
-def test_libtorch_output_matches_python(run_model_binary: Path, tiny_repository: Path, tmp_path: Path) -> None:
-    model_path = tiny_repository / "classifier" / "1" / "model.pt"
+@pytest.mark.parametrize("target", ["cpu", "gpu"])
+def test_libtorch_output_matches_python(
+    run_model_binary: Path, target: str, request: pytest.FixtureRequest, tmp_path: Path
+) -> None:
+    if target == "cpu":
+        model_path = request.getfixturevalue("tiny_repository") / "classifier" / "1" / "model.pt"
+    else:
+        model_path = request.getfixturevalue("gpu_form_model")
     waveform, ends = ragged_batch()
     input_path, output_path = tmp_path / "input.bin", tmp_path / "output.bin"
     write_input(input_path, waveform, ends)

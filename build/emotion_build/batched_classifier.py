@@ -15,11 +15,26 @@ half a million samples overflow float16), and returns float32, so configs and cl
 
 from __future__ import annotations
 
+from typing import Literal
+
 import torch
 from torch import Tensor, nn
 from transformers import Wav2Vec2ForSequenceClassification
 
-__all__ = ["RaggedEmotionClassifier", "clip_group_norm", "pad_ragged", "valid_mask"]
+__all__ = [
+    "CONV_FORMS",
+    "ConvForm",
+    "RaggedEmotionClassifier",
+    "clip_group_norm",
+    "grouped_conv_frames",
+    "pad_ragged",
+    "valid_mask",
+]
+
+ConvForm = Literal["native", "matmul"]
+CONV_FORMS: tuple[ConvForm, ...] = ("native", "matmul")
+POSITIONAL_ROWS_PER_CHUNK = 8192
+"""Frames whose windows are unfolded at once by the matmul positional conv: about 1.6 GB in fp16."""
 
 
 @torch.jit.script
@@ -69,10 +84,41 @@ def clip_group_norm(hidden: Tensor, valid_frames: Tensor, weight: Tensor, bias: 
     return normed * weight.float().view(1, -1, 1) + bias.float().view(1, -1, 1)
 
 
-class RaggedEmotionClassifier(nn.Module):
-    """Reuses the Hugging Face submodules and weights; only the time-mixing steps are re-written."""
+@torch.jit.script
+def grouped_conv_frames(hidden: Tensor, weight: Tensor, bias: Tensor, padding: int, rows_per_chunk: int) -> Tensor:
+    """The positional grouped convolution as batched matrix products, on [batch, time, channels].
 
-    def __init__(self, model: Wav2Vec2ForSequenceClassification) -> None:
+    `weight` is [groups, in_per_group * kernel, out_per_group]. Each frame's window is unfolded
+    and multiplied per group; the output keeps the first `time` frames, as Hugging Face's same-pad
+    layer does. Clips go a chunk at a time so the unfolded windows (kernel x the input) stay
+    bounded; scripted so the chunk loop stays dynamic in the export.
+    """
+    batch, steps, channels = hidden.shape[0], hidden.shape[1], hidden.shape[2]
+    groups, span, out_per_group = weight.shape[0], weight.shape[1], weight.shape[2]
+    kernel = span // (channels // groups)
+    padded = nn.functional.pad(hidden, [0, 0, padding, padding])
+    windows = padded.unfold(1, kernel, 1)[:, :steps]
+    clips_per_chunk = max(1, rows_per_chunk // max(steps, 1))
+    outputs: list[Tensor] = []
+    for start in range(0, batch, clips_per_chunk):
+        chunk = windows[start : start + clips_per_chunk].reshape(-1, groups, span).transpose(0, 1)
+        products = torch.baddbmm(bias.view(groups, 1, out_per_group), chunk, weight)
+        outputs.append(products.transpose(0, 1).reshape(-1, steps, groups * out_per_group))
+    return torch.cat(outputs)
+
+
+class RaggedEmotionClassifier(nn.Module):
+    """Reuses the Hugging Face submodules and weights; only the time-mixing steps are re-written.
+
+    `conv_form="matmul"` (the GPU targets) also re-writes two convolutions as matrix products: the
+    first conv layer (one input channel; group-norm models, whose first layer this module runs
+    itself) and the grouped positional conv (kernel 128, 16 groups).
+    cuDNN has no tensor-core kernel for either shape in half precision: on an H200 they took most
+    of a batch's time (docs/benchmarks.md, "GPU"). The products compute the same sums, so answers
+    agree to rounding; on a CPU the native convolutions are faster and stay.
+    """
+
+    def __init__(self, model: Wav2Vec2ForSequenceClassification, conv_form: ConvForm = "native") -> None:
         super().__init__()
         config = model.config
         if config.feat_extract_norm not in ("group", "layer"):
@@ -92,6 +138,31 @@ class RaggedEmotionClassifier(nn.Module):
         self.projector = model.projector
         self.classifier = model.classifier
         self.weight_dtype = next(model.parameters()).dtype
+        if conv_form not in CONV_FORMS:
+            raise ValueError(f"conv_form must be one of {', '.join(CONV_FORMS)}, got {conv_form!r}")
+        self.matmul_convs = conv_form == "matmul"
+        if self.matmul_convs:
+            self._register_matmul_weights()
+
+    def _register_matmul_weights(self) -> None:
+        """The two convolutions' weights in matrix-product layout, computed once (the positional
+        conv's weight norm included) and saved with the module."""
+        first: nn.Conv1d = self.conv_layers[0].conv  # type: ignore[assignment]
+        if first.in_channels != 1:
+            raise ValueError("the first conv layer must read one channel (raw audio)")
+        self.register_buffer(
+            "first_conv_weight", first.weight.detach().reshape(first.out_channels, -1).t().contiguous()
+        )
+        self.register_buffer("first_conv_bias", None if first.bias is None else first.bias.detach().clone())
+        positional: nn.Conv1d = self.encoder.pos_conv_embed.conv
+        weight = positional.weight.detach()
+        outputs, per_group, kernel = weight.shape
+        groups = int(positional.groups)
+        layout = weight.reshape(groups, outputs // groups, per_group, kernel).permute(0, 2, 3, 1)
+        self.register_buffer("positional_weight", layout.reshape(groups, per_group * kernel, -1).contiguous())
+        bias = positional.bias if positional.bias is not None else torch.zeros(outputs, dtype=weight.dtype)
+        self.register_buffer("positional_bias", bias.detach().clone())
+        self.positional_padding = int(positional.padding[0])
 
     def frame_lengths(self, lengths: Tensor) -> Tensor:
         for kernel, stride in self.conv_geometry:
@@ -106,7 +177,7 @@ class RaggedEmotionClassifier(nn.Module):
 
         hidden, _ = self.feature_projection(features)
         hidden = hidden * frame_valid.unsqueeze(-1).to(hidden.dtype)
-        hidden = hidden + self.encoder.pos_conv_embed(hidden)
+        hidden = hidden + self._positional(hidden)
         hidden = self.encoder.layer_norm(hidden)
 
         mask_value = torch.finfo(hidden.dtype).min
@@ -126,21 +197,45 @@ class RaggedEmotionClassifier(nn.Module):
         logits = self.classifier(pooled.to(self.weight_dtype)).float()
         return logits, nn.functional.softmax(logits, dim=-1), pooled
 
+    def _positional(self, hidden: Tensor) -> Tensor:
+        if not self.matmul_convs:
+            positional: Tensor = self.encoder.pos_conv_embed(hidden)
+            return positional
+        weight: Tensor = self.positional_weight  # type: ignore[assignment]
+        bias: Tensor = self.positional_bias  # type: ignore[assignment]
+        products = grouped_conv_frames(hidden, weight, bias, self.positional_padding, POSITIONAL_ROWS_PER_CHUNK)
+        activated: Tensor = self.encoder.pos_conv_embed.activation(products)
+        return activated
+
+    def _first_conv(self, waveform: Tensor) -> Tensor:
+        """[batch, samples] -> [batch, channels, frames]."""
+        conv: nn.Conv1d = self.conv_layers[0].conv  # type: ignore[assignment]
+        if not self.matmul_convs:
+            native: Tensor = conv(waveform.unsqueeze(1))
+            return native
+        kernel, stride = self.conv_geometry[0]
+        weight: Tensor = self.first_conv_weight  # type: ignore[assignment]
+        bias: Tensor | None = self.first_conv_bias  # type: ignore[assignment]
+        frames = waveform.unfold(1, kernel, stride) @ weight
+        if bias is not None:
+            frames = frames + bias
+        return frames.transpose(1, 2).contiguous()
+
     def _conv_features(self, padded: Tensor, lengths: Tensor) -> Tensor:
         """Conv stack with the first layer's group norm taken over each clip's valid frames only.
 
         Later conv layers need no mask: without padding, a valid output frame only reads valid
         input frames, so whatever the padded tail holds never reaches a frame that is kept.
         """
-        hidden = padded.unsqueeze(1).to(self.weight_dtype)
+        hidden = padded.to(self.weight_dtype)
         for index, conv_layer in enumerate(self.conv_layers):
             if index == 0 and self.group_norm_first:
-                hidden = conv_layer.conv(hidden)  # type: ignore[operator]
+                hidden = self._first_conv(hidden)
                 kernel, stride = self.conv_geometry[0]
                 valid_frames = torch.div(lengths - kernel, stride, rounding_mode="floor") + 1
                 norm: nn.GroupNorm = conv_layer.layer_norm  # type: ignore[assignment]
                 normed = clip_group_norm(hidden, valid_frames, norm.weight, norm.bias, float(norm.eps))
                 hidden = conv_layer.activation(normed.to(hidden.dtype))  # type: ignore[operator]
             else:
-                hidden = conv_layer(hidden)
+                hidden = conv_layer(hidden.unsqueeze(1) if index == 0 else hidden)
         return hidden.transpose(1, 2)

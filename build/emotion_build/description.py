@@ -134,6 +134,8 @@ class Provenance:
     """Share of the export check's clips whose top class matches the eager fp32 model."""
     traced_on: str = "cpu"
     """Device the module was traced and checked on."""
+    conv_form: str = "native"
+    """How the first and the positional convolutions run: "native" (cpu) or "matmul" (GPU targets)."""
 
     def to_json(self) -> str:
         return json.dumps(dataclasses.asdict(self), indent=2, sort_keys=True) + "\n"

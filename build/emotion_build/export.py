@@ -17,7 +17,7 @@ import torch
 import transformers
 from torch import nn
 
-from .batched_classifier import RaggedEmotionClassifier
+from .batched_classifier import ConvForm, RaggedEmotionClassifier
 from .description import (
     MAX_ABS_AMPLITUDE,
     BatchingSettings,
@@ -37,6 +37,7 @@ __all__ = [
     "ExportError",
     "ExportResult",
     "check_parity",
+    "conv_form_for",
     "describe",
     "export",
     "trace",
@@ -106,15 +107,25 @@ def describe(
     )
 
 
+def conv_form_for(target: Target) -> ConvForm:
+    """GPU targets take the matrix-product convolutions (cuDNN is slow on those two shapes), a CPU the native ones."""
+    return "native" if target == "cpu" else "matmul"
+
+
 def trace(
-    loaded: LoadedModel, sample_rate: int, *, dtype: Dtype = "fp32", device: str = "cpu"
+    loaded: LoadedModel,
+    sample_rate: int,
+    *,
+    dtype: Dtype = "fp32",
+    device: str = "cpu",
+    conv_form: ConvForm = "native",
 ) -> torch.jit.ScriptModule:
     """Trace on `device` with the weights in `dtype` (the eager model itself is left as it is)."""
     model = loaded.model
     if dtype != "fp32":
         model = copy.deepcopy(model)
         nn.Module.to(model, TORCH_DTYPES[dtype])  # in place; transformers' own `to` wrapper confuses mypy
-    wrapper = RaggedEmotionClassifier(model).eval().to(device)
+    wrapper = RaggedEmotionClassifier(model, conv_form).eval().to(device)
     generator = torch.Generator().manual_seed(0)
     lengths = [sample_rate, (sample_rate * 3) // 5]
     flat = torch.randn(sum(lengths), generator=generator).to(device)
@@ -187,8 +198,9 @@ def export(
         check_lengths = sorted(
             {description.min_samples, sample_rate, *rng.integers(description.min_samples, upper, 3).tolist()}
         )
-    say(f"tracing {loaded.source} to TorchScript ({dtype} weights, on {device})")
-    scripted = trace(loaded, sample_rate, dtype=dtype, device=device)
+    conv_form = conv_form_for(target)
+    say(f"tracing {loaded.source} to TorchScript ({dtype} weights, {conv_form} convolutions, on {device})")
+    scripted = trace(loaded, sample_rate, dtype=dtype, device=device, conv_form=conv_form)
     with tempfile.TemporaryDirectory(prefix="emotion-export-") as scratch:
         artifact = Path(scratch) / "model.pt"
         scripted.save(str(artifact))
@@ -230,6 +242,7 @@ def export(
             max_abs_prob_diff=parity.max_abs_prob_diff,
             top1_agreement=parity.top1_agreement,
             traced_on=device,
+            conv_form=conv_form,
         )
         say(f"writing the {target} repository to {output}")
         write_repository(output, description, target, artifact=artifact, provenance=provenance)

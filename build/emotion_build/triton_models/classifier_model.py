@@ -20,6 +20,22 @@ import triton_python_backend_utils as pb_utils  # provided by Triton's Python-ba
 from ragged import concatenate, length_groups, merge_groups, split_rows  # copied beside this file
 from waveform import WaveformError, WaveformLimits, validate  # copied beside this file
 
+JIT_SWITCHES = {
+    "ENABLE_JIT_EXECUTOR": torch._C._jit_set_profiling_executor,
+    "ENABLE_JIT_PROFILING": torch._C._jit_set_profiling_mode,
+    "ENABLE_TENSOR_FUSER": torch._C._jit_set_texpr_fuser_enabled,
+}
+"""The libtorch backend's parameters of these names, so one config means the same on both runners."""
+
+
+def apply_jit_parameters(parameters: dict[str, str]) -> None:
+    """Process-wide TorchScript switches; each stub is its own process, so they stay this model's."""
+    for key, switch in JIT_SWITCHES.items():
+        if key in parameters:
+            switch(parameters[key].strip().lower() == "true")
+    if "DISABLE_OPTIMIZED_EXECUTION" in parameters:
+        torch._C._set_graph_executor_optimize(parameters["DISABLE_OPTIMIZED_EXECUTION"].strip().lower() != "true")
+
 
 class TritonPythonModel:
     def initialize(self, args: dict[str, str]) -> None:
@@ -37,6 +53,7 @@ class TritonPythonModel:
         self.output_names = [output["name"] for output in config["output"]]
         self.max_padding = float(parameters.get("max_padding_fraction", "inf"))
         self.device = torch.device(parameters.get("device") or self._instance_device(args))
+        apply_jit_parameters(parameters)
         path = os.path.join(args["model_repository"], args["model_version"], "model.pt")
         self.model = torch.jit.load(path, map_location=self.device).eval()  # type: ignore[no-untyped-call]
 
