@@ -52,7 +52,7 @@ bench-quick: setup  ## the same with short windows and fewer points (~3 min)
 bench-tune: setup  ## dynamic-batching settings measured one server at a time (~12 min)
 	$(BIN)/python benchmarks/throughput.py --tune --workloads 1s mixed --concurrency 1 8 $(BENCH_ARGS)
 
-bench-fp16: setup  ## parity of a half-precision export against fp32 on speech (~4 min on CPU)
+bench-fp16: setup  ## parity of a half-precision export against fp32 on speech (~4 min on CPUs with fp16 units, far longer without)
 	$(BIN)/python benchmarks/fp16_parity.py
 
 bench-drift: setup  ## how far HF's padded batch moves each clip's answer, next to ours
