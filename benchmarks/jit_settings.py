@@ -14,8 +14,10 @@ config parameter, each in its own process since the settings are process-wide:
   what new shapes cost, and the first pass's worst call is the stall a client sees;
 - with --profile, the kernels that take the most device time in one batch (default settings).
 
-Besides the settings, `eager` runs the same module un-traced and `hf-eager` the plain Hugging Face
-model on a padded batch, so tracing itself and the ragged masking can be told apart.
+Besides the settings, `native-convs` and `sdpa` run the module traced another way (the cpu
+target's convolutions; sdpa attention instead of the eager attention the export traces), `eager`
+the same module un-traced and `hf-eager` the plain Hugging Face model on a padded batch, so
+tracing itself and the ragged masking can be told apart.
 
     python benchmarks/jit_settings.py --device cuda --profile     # on a GPU machine, about 3 min
     python benchmarks/jit_settings.py --quick                     # CPU, small shapes, a few minutes
@@ -27,6 +29,8 @@ On CUDA the table goes between the `jit-gpu` markers of docs/benchmarks.md, on a
 from __future__ import annotations
 
 import argparse
+import copy
+import dataclasses
 import datetime
 import json
 import statistics
@@ -43,7 +47,7 @@ from throughput import REPO_ROOT, machine_name, write_section
 
 from emotion_build.batched_classifier import CONV_FORMS, RaggedEmotionClassifier
 from emotion_build.export import conv_form_for, trace
-from emotion_build.loading import random_model
+from emotion_build.loading import LoadedModel, random_model
 
 RATE = 16000
 VARIANTS: dict[str, str] = {
@@ -53,6 +57,7 @@ VARIANTS: dict[str, str] = {
     "no-optimize": "DISABLE_OPTIMIZED_EXECUTION=true",
     "cudnn-benchmark": "defaults + cuDNN autotuning (no libtorch-backend parameter)",
     "native-convs": "defaults, cuDNN convolutions (the cpu target's form) instead of matmul",
+    "sdpa": "defaults, the encoder's attention traced as sdpa instead of HF's eager attention",
     "eager": "the same module un-traced",
     "hf-eager": "Hugging Face model, padded batch, sdpa attention",
 }
@@ -60,6 +65,17 @@ SHAPES = {"cuda": [(1, 4.0), (32, 4.0), (64, 4.0), (16, 10.0), (64, 10.0), (64, 
 QUICK_SHAPES = {"cuda": [(32, 4.0), (64, 10.0)], "cpu": [(1, 1.0)]}
 CHURN = {"cuda": (24, 32, 10.0), "cpu": (6, 4, 3.0)}
 """batches, largest batch, longest clip (s) of the churn sequence."""
+
+
+TRACED_FILES = {"native-convs": "native.pt", "sdpa": "sdpa.pt"}
+"""Variants that run a module traced differently from the default one (model.pt)."""
+
+
+def with_attention(loaded: LoadedModel, implementation: str) -> LoadedModel:
+    """A copy whose encoder layers run `implementation` (the export traces HF's eager attention)."""
+    model = copy.deepcopy(loaded.model)
+    model.config._attn_implementation = implementation
+    return dataclasses.replace(loaded, model=model)
 
 
 def apply_setting(variant: str) -> None:
@@ -106,8 +122,7 @@ def runner(variant: str, model_file: Path, args: argparse.Namespace) -> Callable
         loaded = random_model(args.random_init)
         module: Any = RaggedEmotionClassifier(loaded.model.to(dtype=dtype), args.conv_form).eval().to(device)
     else:
-        if variant == "native-convs":
-            model_file = model_file.with_name("native.pt")
+        model_file = model_file.with_name(TRACED_FILES.get(variant, model_file.name))
         module = torch.jit.load(str(model_file), map_location=device).eval()  # type: ignore[no-untyped-call]
 
     def ragged(lengths: Sequence[int]) -> Any:
@@ -267,12 +282,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         began = time.perf_counter()
         model_file = Path(scratch) / "model.pt"
         loaded = random_model(args.random_init)
-        forms = {model_file: args.conv_form}
+        wanted = {"default": (args.conv_form, loaded)}
         if "native-convs" in args.variants:
-            forms[model_file.with_name("native.pt")] = "native"
-        for path, form in forms.items():
-            traced = trace(loaded, RATE, dtype=args.dtype, device=args.device, conv_form=form)
-            traced.save(str(path))  # type: ignore[no-untyped-call]
+            wanted["native-convs"] = ("native", loaded)
+        if "sdpa" in args.variants:
+            wanted["sdpa"] = (args.conv_form, with_attention(loaded, "sdpa"))
+        for variant, (form, model) in wanted.items():
+            traced = trace(model, RATE, dtype=args.dtype, device=args.device, conv_form=form)
+            traced.save(str(model_file.with_name(TRACED_FILES.get(variant, model_file.name))))  # type: ignore[no-untyped-call]
         export_s = time.perf_counter() - began
         results = run_children(args, model_file)
     table = markdown(results, args, export_s)
