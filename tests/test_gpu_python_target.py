@@ -151,6 +151,19 @@ def test_the_runner_honours_the_libtorch_backends_jit_parameters(
     assert torch._C._get_graph_executor_optimize() is False
 
 
+@pytest.mark.usefixtures("jit_switches_restored")
+def test_a_jit_parameter_that_is_not_a_boolean_fails_the_load_by_name(
+    gpu_python_repository: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    description = ModelDescription(labels=LABELS, batching=BatchingSettings.for_target("gpu-python"))
+    config = all_configs(description, "gpu-python")["classifier"]
+    config.parameters["ENABLE_TENSOR_FUSER"].string_value = "off"
+    fuser = torch._C._jit_texpr_fuser_enabled()
+    with pytest.raises(ValueError, match="ENABLE_TENSOR_FUSER must be true or false, got 'off'"):
+        initialize_runner(gpu_python_repository, monkeypatch, config, "CPU", "0")
+    assert torch._C._jit_texpr_fuser_enabled() is fuser
+
+
 def test_serve_refuses_a_libtorch_repository_with_the_way_out(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:

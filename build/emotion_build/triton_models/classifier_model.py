@@ -29,12 +29,22 @@ JIT_SWITCHES = {
 
 
 def apply_jit_parameters(parameters: dict[str, str]) -> None:
-    """Process-wide TorchScript switches; each stub is its own process, so they stay this model's."""
-    for key, switch in JIT_SWITCHES.items():
+    """Process-wide TorchScript switches; each stub is its own process, so they stay this model's.
+
+    A value other than true/false fails the load, as it does in the libtorch backend, rather than
+    quietly meaning false."""
+    flags = {}
+    for key in (*JIT_SWITCHES, "DISABLE_OPTIMIZED_EXECUTION"):
         if key in parameters:
-            switch(parameters[key].strip().lower() == "true")
-    if "DISABLE_OPTIMIZED_EXECUTION" in parameters:
-        torch._C._set_graph_executor_optimize(parameters["DISABLE_OPTIMIZED_EXECUTION"].strip().lower() != "true")
+            value = parameters[key].strip().lower()
+            if value not in ("true", "false"):
+                raise ValueError(f"config parameter {key} must be true or false, got {parameters[key]!r}")
+            flags[key] = value == "true"
+    for key, switch in JIT_SWITCHES.items():
+        if key in flags:
+            switch(flags[key])
+    if "DISABLE_OPTIMIZED_EXECUTION" in flags:
+        torch._C._set_graph_executor_optimize(not flags["DISABLE_OPTIMIZED_EXECUTION"])
 
 
 class TritonPythonModel:
