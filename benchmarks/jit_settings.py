@@ -108,10 +108,7 @@ def runner(variant: str, model_file: Path, args: argparse.Namespace) -> Callable
     device, dtype = args.device, torch.float16 if args.dtype == "fp16" else torch.float32
     generator = torch.Generator().manual_seed(0)
     if variant == "hf-eager":
-        loaded = random_model(args.random_init)
-        model = loaded.model
-        model.config._attn_implementation = "sdpa"
-        model = model.to(device=device, dtype=dtype)
+        model = with_attention(random_model(args.random_init), "sdpa").model.to(device=device, dtype=dtype)
 
         def hf(lengths: Sequence[int]) -> Any:
             batch = padded_batch(lengths, device, generator, dtype)
