@@ -78,6 +78,15 @@ def load_runner(version: Path, monkeypatch: pytest.MonkeyPatch) -> Any:
     return module
 
 
+def runner_config(**parameters: str) -> mc.ModelConfig:
+    """The gpu-python classifier's config as the export writes it, with extra parameters set."""
+    description = ModelDescription(labels=LABELS, batching=BatchingSettings.for_target("gpu-python"))
+    config = all_configs(description, "gpu-python")["classifier"]
+    for key, value in parameters.items():
+        config.parameters[key].string_value = value
+    return config
+
+
 def initialize_runner(
     repository: Path, monkeypatch: pytest.MonkeyPatch, config: mc.ModelConfig, kind: str, device_id: str
 ) -> Any:
@@ -107,8 +116,7 @@ def test_the_runner_loads_the_model_where_its_instance_group_puts_it(
         return real_load(path, map_location="cpu")  # type: ignore[no-untyped-call]
 
     monkeypatch.setattr(torch.jit, "load", record)
-    description = ModelDescription(labels=LABELS, batching=BatchingSettings.for_target("gpu-python"))
-    config = all_configs(description, "gpu-python")["classifier"]
+    config = runner_config()
     model = initialize_runner(gpu_python_repository, monkeypatch, config, kind, device_id)
     assert placed == [torch.device(expected)]
     assert model.device == torch.device(expected)
@@ -134,16 +142,12 @@ def test_the_runner_honours_the_libtorch_backends_jit_parameters(
     gpu_python_repository: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """An operator tunes TorchScript with the same config parameters on either GPU runner."""
-    description = ModelDescription(labels=LABELS, batching=BatchingSettings.for_target("gpu-python"))
-    config = all_configs(description, "gpu-python")["classifier"]
-    settings = {
-        "ENABLE_JIT_EXECUTOR": "false",
-        "ENABLE_JIT_PROFILING": "False",
-        "ENABLE_TENSOR_FUSER": "false",
-        "DISABLE_OPTIMIZED_EXECUTION": "true",
-    }
-    for key, value in settings.items():
-        config.parameters[key].string_value = value
+    config = runner_config(
+        ENABLE_JIT_EXECUTOR="false",
+        ENABLE_JIT_PROFILING="False",
+        ENABLE_TENSOR_FUSER="false",
+        DISABLE_OPTIMIZED_EXECUTION="true",
+    )
     initialize_runner(gpu_python_repository, monkeypatch, config, "CPU", "0")
     assert torch._C._jit_set_profiling_executor(True) is False
     assert torch._C._jit_set_profiling_mode(True) is False
@@ -155,9 +159,7 @@ def test_the_runner_honours_the_libtorch_backends_jit_parameters(
 def test_a_jit_parameter_that_is_not_a_boolean_fails_the_load_by_name(
     gpu_python_repository: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    description = ModelDescription(labels=LABELS, batching=BatchingSettings.for_target("gpu-python"))
-    config = all_configs(description, "gpu-python")["classifier"]
-    config.parameters["ENABLE_TENSOR_FUSER"].string_value = "off"
+    config = runner_config(ENABLE_TENSOR_FUSER="off")
     fuser = torch._C._jit_texpr_fuser_enabled()
     with pytest.raises(ValueError, match="ENABLE_TENSOR_FUSER must be true or false, got 'off'"):
         initialize_runner(gpu_python_repository, monkeypatch, config, "CPU", "0")

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -20,10 +21,11 @@ import triton_python_backend_utils as pb_utils  # provided by Triton's Python-ba
 from ragged import concatenate, length_groups, merge_groups, split_rows  # copied beside this file
 from waveform import WaveformError, WaveformLimits, validate  # copied beside this file
 
-JIT_SWITCHES = {
+JIT_SWITCHES: dict[str, Callable[[bool], object]] = {
     "ENABLE_JIT_EXECUTOR": torch._C._jit_set_profiling_executor,
     "ENABLE_JIT_PROFILING": torch._C._jit_set_profiling_mode,
     "ENABLE_TENSOR_FUSER": torch._C._jit_set_texpr_fuser_enabled,
+    "DISABLE_OPTIMIZED_EXECUTION": lambda disable: torch._C._set_graph_executor_optimize(not disable),
 }
 """The libtorch backend's parameters of these names, so one config means the same on both runners."""
 
@@ -32,19 +34,15 @@ def apply_jit_parameters(parameters: dict[str, str]) -> None:
     """Process-wide TorchScript switches; each stub is its own process, so they stay this model's.
 
     A value other than true/false fails the load, as it does in the libtorch backend, rather than
-    quietly meaning false."""
+    quietly meaning false; every value is checked before any switch is set."""
     flags = {}
-    for key in (*JIT_SWITCHES, "DISABLE_OPTIMIZED_EXECUTION"):
-        if key in parameters:
-            value = parameters[key].strip().lower()
-            if value not in ("true", "false"):
-                raise ValueError(f"config parameter {key} must be true or false, got {parameters[key]!r}")
-            flags[key] = value == "true"
-    for key, switch in JIT_SWITCHES.items():
-        if key in flags:
-            switch(flags[key])
-    if "DISABLE_OPTIMIZED_EXECUTION" in flags:
-        torch._C._set_graph_executor_optimize(not flags["DISABLE_OPTIMIZED_EXECUTION"])
+    for key in JIT_SWITCHES.keys() & parameters.keys():
+        value = parameters[key].strip().lower()
+        if value not in ("true", "false"):
+            raise ValueError(f"config parameter {key} must be true or false, got {parameters[key]!r}")
+        flags[key] = value == "true"
+    for key, flag in flags.items():
+        JIT_SWITCHES[key](flag)
 
 
 class TritonPythonModel:
