@@ -43,10 +43,10 @@ repository: setup  ## the GPU repository for NVIDIA's container (set MODEL=dir o
 serve: setup
 	$(BIN)/python -m emotion_build serve --model-repository $(REPOSITORY)
 
-bench: setup  ## HF pipeline vs in-process TorchScript vs served ensemble -> docs/benchmarks.md + .png (~15 min)
+bench: setup  ## HF pipeline vs in-process TorchScript vs served ensemble -> docs/benchmarks.md + .png (~25 min)
 	$(BIN)/python benchmarks/throughput.py $(BENCH_ARGS)
 
-bench-quick: setup  ## the same with short windows and fewer points (~3 min)
+bench-quick: setup  ## the same with short windows and fewer points (~10 min)
 	$(BIN)/python benchmarks/throughput.py --quick $(BENCH_ARGS)
 
 bench-tune: setup  ## dynamic-batching settings measured one server at a time (~12 min)

@@ -10,11 +10,15 @@ depend on weight values), espeak-ng speech of 1 s, 4 s, 10 s and mixed lengths:
 3. the served ensemble (preprocess -> classifier) through gRPC: `perf_analyzer` over a concurrency
    sweep, and the SDK's `AsyncEmotionClient.classify_many`.
 
+The ratios and the latency added at concurrency 1 are then measured alternately, since the same
+point drifts by up to a third within minutes on a shared VM (benchmarks/interleaved.py): rounds of
+each system's best setting in turn, and pairs of one clip in-process then the same clip served.
+
 It writes the tables into docs/benchmarks.md (between its `throughput` markers) and a plot of
 throughput and p99 latency against concurrency to docs/benchmarks.png.
 
-    make bench                                       # the full run (about 15 min on 2 CPU cores)
-    python benchmarks/throughput.py --quick          # about 3 min: fewer points, shorter windows
+    make bench                                       # the full run (about 25 min on 2 CPU cores)
+    python benchmarks/throughput.py --quick          # about 10 min: fewer points, shorter windows
     python benchmarks/throughput.py --tune           # dynamic-batching settings, one server each
     # a GPU machine: the pip tritonserver serves a gpu-python export (fp16) it makes itself
     python benchmarks/throughput.py --device cuda
@@ -48,9 +52,18 @@ from typing import Any
 import numpy as np
 import torch
 from batch_drift import speech_clips
+from interleaved import MIN_PAIRS, PairedLatency, alternate, c1_pairs
+from tritonclient.utils import InferenceServerException
 
 from emotion_build.configs import all_configs, render
-from emotion_build.description import AUDIO_INPUT, ENSEMBLE_MODEL, BatchingSettings, Provenance, Target
+from emotion_build.description import (
+    AUDIO_INPUT,
+    CLASSIFIER_MODEL,
+    ENSEMBLE_MODEL,
+    BatchingSettings,
+    Provenance,
+    Target,
+)
 from emotion_build.export import describe, export
 from emotion_build.loading import LoadedModel, load_pretrained, random_model
 from emotion_build.perf import PerfRow, perf_analyzer_command, perf_analyzer_env, read_perf_csv, write_input_data
@@ -80,7 +93,6 @@ SYSTEM_NAMES = {
     "torchscript_1t": "in-process TorchScript, 1 thread",
     "served": "served, perf_analyzer (gRPC)",
     "sdk": "served, SDK classify_many",
-    "served_latency": "served at c=1, latency-first (1 instance x default threads)",
 }
 LATENCY_FIRST = dataclasses.replace(BatchingSettings(), classifier_instances=1, intra_op_threads=0)
 """The cpu export a latency-first deployment would choose (`--classifier-instances 1
@@ -115,6 +127,24 @@ class Point:
     load: float
     """1-minute load average when the point finished: other work on the machine skews everything."""
     detail: dict[str, float] = dataclasses.field(default_factory=dict)
+
+
+@dataclasses.dataclass(frozen=True)
+class Interleaved:
+    """A workload's best settings of each system measured again in turn, round by round."""
+
+    inprocess: tuple[Point, ...]
+    served: tuple[Point, ...]
+    hf: tuple[Point, ...] = ()
+    """Empty where the HF pipeline was skipped."""
+
+    def served_vs_inprocess(self) -> tuple[float, ...]:
+        return tuple(s.audio_s_per_s / i.audio_s_per_s for s, i in zip(self.served, self.inprocess, strict=True))
+
+    def served_vs_hf(self) -> tuple[float, ...]:
+        if not self.hf:
+            return ()
+        return tuple(s.audio_s_per_s / h.audio_s_per_s for s, h in zip(self.served, self.hf, strict=True))
 
 
 # --------------------------------------------------------------------------------------------- helpers
@@ -245,10 +275,10 @@ def hf_pipeline(model_ref: str, device: str) -> tuple[Any, str]:
     return classifier, str(getattr(classifier.model.config, "_attn_implementation", "?"))
 
 
-def hf_points(classifier: Any, workload: Workload, *, batch_size: int, budget_s: float, device: str) -> list[Point]:
-    log(f"HF pipeline on {workload.name}: one clip per call, then batch_size={batch_size}")
-    return [
-        timed_loop(
+def hf_point(classifier: Any, workload: Workload, *, batch_size: int | None, budget_s: float, device: str) -> Point:
+    """One clip per call (batch_size None), as the model card calls it, or the pipeline's own batching."""
+    if batch_size is None:
+        return timed_loop(
             lambda batch: classifier(batch[0]),
             batches_of(workload, 1),
             system="hf",
@@ -256,17 +286,57 @@ def hf_points(classifier: Any, workload: Workload, *, batch_size: int, budget_s:
             setting=1,
             budget_s=budget_s,
             device=device,
-        ),
-        timed_loop(
-            lambda batch: classifier(batch, batch_size=batch_size),
-            batches_of(workload, batch_size),
-            system="hf_batch",
+        )
+    return timed_loop(
+        lambda batch: classifier(batch, batch_size=batch_size),
+        batches_of(workload, batch_size),
+        system="hf_batch",
+        workload=workload.name,
+        setting=batch_size,
+        budget_s=budget_s,
+        device=device,
+    )
+
+
+def hf_points(classifier: Any, workload: Workload, *, batch_size: int, budget_s: float, device: str) -> list[Point]:
+    log(f"HF pipeline on {workload.name}: one clip per call, then batch_size={batch_size}")
+    return [
+        hf_point(classifier, workload, batch_size=size, budget_s=budget_s, device=device) for size in (None, batch_size)
+    ]
+
+
+def inprocess_call(module: torch.jit.ScriptModule, device: str) -> Callable[[list[np.ndarray]], object]:
+    """The served file in this process, as the ensemble runs it: normalise, concatenate, forward."""
+
+    def run(batch: list[np.ndarray]) -> object:
+        flat, ends = concatenate([normalise(clip, do_normalize=True) for clip in batch])
+        with torch.inference_mode():
+            return module(torch.from_numpy(flat).to(device), torch.from_numpy(ends).to(device))
+
+    return run
+
+
+def torchscript_point(
+    module: torch.jit.ScriptModule,
+    workload: Workload,
+    size: int,
+    *,
+    threads: int | None,
+    budget_s: float,
+    device: str,
+    system: str = "torchscript",
+) -> Point:
+    log(f"TorchScript in-process on {workload.name}: batch {size}{', 1 thread' if threads == 1 else ''}")
+    with torch_threads(threads):
+        return timed_loop(
+            inprocess_call(module, device),
+            batches_of(workload, size),
+            system=system,
             workload=workload.name,
-            setting=batch_size,
+            setting=size,
             budget_s=budget_s,
             device=device,
-        ),
-    ]
+        )
 
 
 def torchscript_points(
@@ -278,37 +348,16 @@ def torchscript_points(
     budget_s: float,
     device: str,
 ) -> list[Point]:
-    """The served file in this process, as the ensemble runs it: normalise, concatenate, forward.
-
-    The batch sweep uses torch's default threads; one more point runs batch 1 on one thread, the
+    """The batch sweep uses torch's default threads; one more point runs batch 1 on one thread, the
     setting of each served instance, so serving overhead and thread count can be told apart."""
-
-    def run(batch: list[np.ndarray]) -> object:
-        flat, ends = concatenate([normalise(clip, do_normalize=True) for clip in batch])
-        with torch.inference_mode():
-            return module(torch.from_numpy(flat).to(device), torch.from_numpy(ends).to(device))
-
-    points = []
     sweeps: list[tuple[str, int, int | None]] = [("torchscript", size, None) for size in batch_sizes]
     if not device.startswith("cuda"):
         sweeps.append(("torchscript_1t", 1, 1))
-    for system, size, threads in sweeps:
-        if size > 1 and size * workload.mean_s > max_batch_audio_s:
-            continue
-        log(f"TorchScript in-process on {workload.name}: batch {size}{', 1 thread' if threads else ''}")
-        with torch_threads(threads):
-            points.append(
-                timed_loop(
-                    run,
-                    batches_of(workload, size),
-                    system=system,
-                    workload=workload.name,
-                    setting=size,
-                    budget_s=budget_s,
-                    device=device,
-                )
-            )
-    return points
+    return [
+        torchscript_point(module, workload, size, threads=threads, budget_s=budget_s, device=device, system=system)
+        for system, size, threads in sweeps
+        if size == 1 or size * workload.mean_s <= max_batch_audio_s
+    ]
 
 
 def perf_analyzer_point(
@@ -454,58 +503,179 @@ def sdk_point(
     )
 
 
-def first_requests(grpc_url: str, workloads: Sequence[Workload]) -> list[tuple[str, float]]:
-    """Latency of the first requests a freshly started server answers (its warmup already ran)."""
+@contextlib.contextmanager
+def single_requests(grpc_url: str) -> Iterator[Callable[[np.ndarray], tuple[float, float]]]:
+    """A call sending one clip to the ensemble; it returns (wall seconds, the classifier's compute
+    seconds for that request, from Triton's statistics). Only meaningful with nothing else in flight."""
     import tritonclient.grpc as grpcclient
 
-    shortest = min(workloads, key=lambda w: w.mean_s).clips[0]
-    longest = max(workloads, key=lambda w: w.mean_s).clips[0]
     client = grpcclient.InferenceServerClient(grpc_url)
-    timings = []
-    for label, clip in (
-        (f"first request ({shortest.size / RATE:g} s clip)", shortest),
-        (f"second request ({shortest.size / RATE:g} s clip)", shortest),
-        (f"first {longest.size / RATE:g} s clip (a new length)", longest),
-        (f"second {longest.size / RATE:g} s clip", longest),
-    ):
+
+    def compute_ns() -> int:
+        stats = client.get_inference_statistics(CLASSIFIER_MODEL, as_json=True)
+        return sum(int(model["inference_stats"]["compute_infer"]["ns"]) for model in stats["model_stats"])
+
+    def call(clip: np.ndarray) -> tuple[float, float]:
         tensor = grpcclient.InferInput(AUDIO_INPUT, [1, clip.size], "FP32")
         tensor.set_data_from_numpy(clip[None, :].astype(np.float32))
+        before = compute_ns()
         start = time.perf_counter()
         client.infer(ENSEMBLE_MODEL, [tensor])
-        timings.append((label, (time.perf_counter() - start) * 1000.0))
-    client.close()
-    return timings
+        wall = time.perf_counter() - start
+        return wall, (compute_ns() - before) / 1e9
+
+    try:
+        yield call
+    finally:
+        client.close()
+
+
+def first_requests(grpc_url: str, workloads: Sequence[Workload]) -> list[tuple[str, float]]:
+    """Latency of the first requests a freshly started server answers (its warmup already ran)."""
+    shortest = min(workloads, key=lambda w: w.mean_s).clips[0]
+    longest = max(workloads, key=lambda w: w.mean_s).clips[0]
+    with single_requests(grpc_url) as call:
+        return [
+            (label, call(clip)[0] * 1000.0)
+            for label, clip in (
+                (f"first request ({shortest.size / RATE:g} s clip)", shortest),
+                (f"second request ({shortest.size / RATE:g} s clip)", shortest),
+                (f"first {longest.size / RATE:g} s clip (a new length)", longest),
+                (f"second {longest.size / RATE:g} s clip", longest),
+            )
+        ]
+
+
+def paired_c1(
+    module: torch.jit.ScriptModule,
+    grpc_url: str,
+    workload: Workload,
+    *,
+    threads: int | None,
+    server: str,
+    budget_s: float,
+    min_pairs: int,
+    device: str,
+) -> PairedLatency:
+    """c=1, served and in-process batch 1 alternately on the same clips (interleaved.c1_pairs)."""
+    run = inprocess_call(module, device)
+    inprocess = "default threads" if threads is None else f"{threads} thread{'s' if threads > 1 else ''}"
+    log(f"c=1 on {workload.name}: the {server} server and in-process batch 1 ({inprocess}), alternately")
+
+    def local(clip: np.ndarray) -> None:
+        run([clip])
+        synchronise(device)
+
+    with single_requests(grpc_url) as call, torch_threads(threads):
+        paired = c1_pairs(
+            local,
+            call,
+            workload.clips,
+            workload=workload.name,
+            server=server,
+            inprocess=inprocess,
+            budget_s=budget_s,
+            min_pairs=min_pairs,
+        )
+    log(
+        f"  added at c=1: {paired.added_p50_ms:+.1f} ms (IQR {paired.added_q25_ms:+.1f} to {paired.added_q75_ms:+.1f}, "
+        f"{paired.pairs} pairs); outside the model {paired.outside_model_p50_ms:.1f} ms"
+    )
+    return paired
+
+
+def interleaved_rounds(
+    module: torch.jit.ScriptModule,
+    grpc_url: str,
+    pgid: int | None,
+    workload: Workload,
+    *,
+    inprocess: Point,
+    served: Point,
+    hf: Point | None,
+    classifier: Any,
+    rounds: int,
+    budget_s: float,
+    device: str,
+) -> Interleaved:
+    """The sweep's best HF row, in-process batch and served concurrency again, one of each per round."""
+    log(
+        f"{workload.name} in rounds: "
+        + (f"{SYSTEM_NAMES[hf.system]} (B={hf.setting}), " if hf else "")
+        + f"in-process B={inprocess.setting}, served c={served.setting}; {rounds} rounds"
+    )
+    with tempfile.TemporaryDirectory(prefix="emotion-bench-") as scratch:
+
+        def served_round() -> Point:
+            point = perf_analyzer_point(
+                grpc_url,
+                workload,
+                served.setting,
+                scratch=Path(scratch),
+                expected_clips_per_s=inprocess.clips_per_s,
+                budget_s=budget_s,
+                server_pgid=pgid,
+            )
+            log(describe_point(point))
+            return point
+
+        measurements: list[Callable[[], Point]] = [
+            lambda: torchscript_point(
+                module, workload, inprocess.setting, threads=None, budget_s=budget_s, device=device
+            ),
+            served_round,
+        ]
+        if hf is not None:
+            size = hf.setting if hf.system == "hf_batch" else None
+            measurements.append(
+                lambda: hf_point(classifier, workload, batch_size=size, budget_s=budget_s, device=device)
+            )
+        measured = alternate(measurements, rounds=rounds)
+    result = Interleaved(
+        inprocess=tuple(m[0] for m in measured),
+        served=tuple(m[1] for m in measured),
+        hf=tuple(m[2] for m in measured) if hf is not None else (),
+    )
+    log(
+        f"  served/in-process {np.median(result.served_vs_inprocess()):.2f}"
+        + (f", served/HF {np.median(result.served_vs_hf()):.2f}" if hf is not None else "")
+    )
+    return result
 
 
 # --------------------------------------------------------------------------------------------- served runs
 
 
-def latency_first_points(
+def latency_first_pairs(
     repository: Path,
     scratch: Path,
     loaded: LoadedModel,
+    module: torch.jit.ScriptModule,
     workloads: Sequence[Workload],
     budget_s: float,
-    failures: list[str],
-) -> list[Point]:
+    min_pairs: int,
+) -> list[PairedLatency]:
     """c=1 through a second server on a copy of the repository with the LATENCY_FIRST settings,
-    after the first has stopped: the added latency of serving, with the threads held equal."""
+    after the first has stopped, paired with in-process batch 1 on torch's default threads: the
+    added latency of serving, with the threads held equal."""
     copy = scratch / "latency-first"
     shutil.copytree(repository, copy)
     rewrite_configs(copy, loaded, LATENCY_FIRST)
-    log("latency-first server (1 classifier instance x default threads): concurrency 1")
-    with served(copy, None) as (url, pgid, _):
-        measured = served_points(
-            url,
-            pgid,
-            workloads,
-            concurrencies=[1],
-            budget_s=budget_s,
-            expected={w.name: guessed_clips_per_s(w, "cpu") for w in workloads},
-            with_sdk=False,
-            failures=failures,
-        )
-    return [dataclasses.replace(point, system="served_latency") for point in measured]
+    log("latency-first server (1 classifier instance x default threads)")
+    with served(copy, None) as (url, _, _):
+        return [
+            paired_c1(
+                module,
+                url,
+                w,
+                threads=None,
+                server="latency-first",
+                budget_s=budget_s,
+                min_pairs=min_pairs,
+                device="cpu",
+            )
+            for w in workloads
+        ]
 
 
 @contextlib.contextmanager
@@ -573,6 +743,62 @@ def served_points(
                 points.append(point)
                 log(describe_point(point))
     return points
+
+
+def interleave(
+    module: torch.jit.ScriptModule,
+    url: str,
+    pgid: int | None,
+    workload: Workload,
+    points: Sequence[Point],
+    *,
+    pairs: list[PairedLatency],
+    rounds: dict[str, Interleaved],
+    classifier: Any,
+    server: str,
+    threads: int | None,
+    args: argparse.Namespace,
+    failures: list[str],
+) -> None:
+    """The workload's comparisons measured alternately (interleaved.py): c=1 pairs, then the best
+    setting of each system in rounds."""
+    try:
+        pairs.append(
+            paired_c1(
+                module,
+                url,
+                workload,
+                threads=threads,
+                server=server,
+                budget_s=2 * args.point_s,
+                min_pairs=args.min_pairs,
+                device=args.device,
+            )
+        )
+    except InferenceServerException as error:
+        failures.append(f"c=1 pairs on {workload.name} failed: {error}")
+        log(failures[-1])
+    ts, srv = best(points, "torchscript", workload.name), best(points, "served", workload.name)
+    if ts is None or srv is None or args.rounds == 0:
+        return
+    hf = [p for p in (best(points, "hf", workload.name), best(points, "hf_batch", workload.name)) if p]
+    try:
+        rounds[workload.name] = interleaved_rounds(
+            module,
+            url,
+            pgid,
+            workload,
+            inprocess=ts,
+            served=srv,
+            hf=max(hf, key=lambda p: p.audio_s_per_s) if hf and classifier is not None else None,
+            classifier=classifier,
+            rounds=args.rounds,
+            budget_s=args.point_s,
+            device=args.device,
+        )
+    except RuntimeError as error:
+        failures.append(f"interleaved rounds on {workload.name} failed: {error}")
+        log(failures[-1])
 
 
 def describe_point(point: Point) -> str:
@@ -708,7 +934,12 @@ def verdict(ok: bool) -> str:
     return "met" if ok else "**not met**"
 
 
-def summary_rows(points: Sequence[Point], workloads: Sequence[Workload]) -> list[dict[str, Any]]:
+def summary_rows(
+    points: Sequence[Point],
+    workloads: Sequence[Workload],
+    pairs: Sequence[PairedLatency],
+    rounds: dict[str, Interleaved],
+) -> list[dict[str, Any]]:
     rows = []
     for workload in workloads:
         name = workload.name
@@ -716,10 +947,7 @@ def summary_rows(points: Sequence[Point], workloads: Sequence[Workload]) -> list
         hf_best = max(hf, key=lambda p: p.audio_s_per_s) if hf else None
         ts = best(points, "torchscript", name)
         srv = best(points, "served", name)
-        sdk = best(points, "sdk", name)
-        ts1, srv1 = at(points, "torchscript", name, 1), at(points, "served", name, 1)
-        lat1 = at(points, "served_latency", name, 1)
-        one = at(points, "torchscript_1t", name, 1)
+        mine = {pair.server: pair for pair in pairs if pair.workload == name}
         rows.append(
             {
                 "workload": name,
@@ -727,12 +955,19 @@ def summary_rows(points: Sequence[Point], workloads: Sequence[Workload]) -> list
                 "hf_batch": best(points, "hf_batch", name),
                 "torchscript": ts,
                 "served": srv,
-                "sdk": sdk,
-                "served_vs_inprocess": srv.audio_s_per_s / ts.audio_s_per_s if srv and ts else None,
-                "served_vs_hf": srv.audio_s_per_s / hf_best.audio_s_per_s if srv and hf_best else None,
-                "added_ms": srv1.p50_ms - ts1.p50_ms if srv1 and ts1 else None,
-                "added_same_threads_ms": srv1.p50_ms - one.p50_ms if srv1 and one else None,
-                "added_latency_first_ms": lat1.p50_ms - ts1.p50_ms if lat1 and ts1 else None,
+                "sdk": best(points, "sdk", name),
+                "rounds": name in rounds,
+                "served_vs_inprocess": rounds[name].served_vs_inprocess()
+                if name in rounds
+                else (srv.audio_s_per_s / ts.audio_s_per_s,)
+                if srv and ts
+                else (),
+                "served_vs_hf": rounds[name].served_vs_hf()
+                if name in rounds
+                else (srv.audio_s_per_s / hf_best.audio_s_per_s,)
+                if srv and hf_best
+                else (),
+                "paired": [mine[server] for server in sorted(mine, key=lambda s: s == "latency-first")],
             }
         )
     return rows
@@ -744,45 +979,109 @@ def _cell(point: Point | None, unit: str) -> str:
     return f"{point.audio_s_per_s:.1f} ({unit}{point.setting})"
 
 
+def _ratio_cell(ratios: Sequence[float], target: float, *, rounds: bool) -> str:
+    """The median of the rounds' ratios and their range, or the sweep's one ratio where there were no rounds."""
+    if not ratios:
+        return "-"
+    middle = float(np.median(ratios))
+    spread = "(sweep)" if not rounds else "(1 round)" if len(ratios) == 1 else f"({min(ratios):.2f}-{max(ratios):.2f})"
+    return f"{middle:.2f} {verdict(middle >= target)} {spread}"
+
+
+PAIRED_VERDICTS = {"met": "met", "not met": "**not met**", "within noise": "within noise"}
+
+
+def _added_cell(pair: PairedLatency | None) -> str:
+    if pair is None:
+        return "-"
+    return (
+        f"{pair.added_p50_ms:+.1f} ms {PAIRED_VERDICTS[pair.verdict(TARGETS['added_latency_ms'])]} "
+        f"[{pair.added_q25_ms:+.0f}, {pair.added_q75_ms:+.0f}]; outside the model {pair.outside_model_p50_ms:.1f} ms"
+    )
+
+
 def markdown(
     points: Sequence[Point],
     workloads: Sequence[Workload],
     context: dict[str, Any],
     first: Sequence[tuple[str, float]],
     notes: Sequence[str],
+    pairs: Sequence[PairedLatency] = (),
+    rounds: dict[str, Interleaved] | None = None,
 ) -> str:
+    rounds = rounds or {}
+    rows = summary_rows(points, workloads, pairs, rounds)
+    servers = sorted({pair.server for pair in pairs}, key=lambda s: s == "latency-first")
     lines = [
         f"Measured {context['date']} on {context['machine']}; {context['model']}; clips: {context['clips']}; "
         f"HF pipeline: {context['hf_attention']} attention, batch_size={context['hf_batch_size']}; "
         f"served: {context['served']}. Load average (1 min) over the points: {context['load']}.",
         "",
-        "Throughput in audio-seconds per second (the batch size B or concurrency c it was best at). "
+        "Throughput in audio-seconds per second (the batch size B or concurrency c it was best at in the sweep). "
         f"Targets: served ≥ {TARGETS['served_vs_inprocess']}x in-process, ≥ {TARGETS['served_vs_hf']}x the "
-        f"better HF row, p50 added at c=1 ≤ {TARGETS['added_latency_ms']:g} ms over in-process batch 1 (torch's "
-        "default threads; in brackets: over in-process batch 1 on one thread, the setting of each served instance). "
-        "The last column serves with the latency-first settings (1 classifier instance x default threads), "
-        "so that served and in-process run on the same threads.",
+        f"better HF row, latency added at c=1 ≤ {TARGETS['added_latency_ms']:g} ms over in-process batch 1. "
+        "Served / in-process and served / HF are medians over rounds that measure each system's best setting "
+        "from the sweep again in turn (in brackets their range; '(sweep)': the sweep's ratio, without rounds). "
+        "Added at c=1 is the median over pairs of one clip in-process then the same clip "
+        "served, alternately, with the same threads on both sides, [its interquartile range]: met when the median "
+        "is within the target, not met when the lower quartile is above it, within noise otherwise; then the "
+        "median time of a served request outside the classifier's compute (gRPC, ensemble, preprocess, IPC: "
+        "Triton's statistics per request), which the noise of the model's own time does not blur.",
         "",
         "| workload | HF, 1 clip/call | HF, batch_size | in-process TorchScript | served, perf_analyzer | served, SDK "
-        "| served / in-process | served / HF | p50 added at c=1 | p50 added at c=1, latency-first |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+        "| served / in-process | served / HF | "
+        + " | ".join(f"added at c=1, {server} server" for server in servers)
+        + " |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|" + "---:|" * len(servers),
     ]
-    for row in summary_rows(points, workloads):
-        ratio_ip, ratio_hf, added = row["served_vs_inprocess"], row["served_vs_hf"], row["added_ms"]
+    for row in rows:
+        by_server = {pair.server: pair for pair in row["paired"]}
         lines.append(
             f"| {row['workload']} | {_cell(row['hf'], 'B=')} | {_cell(row['hf_batch'], 'B=')} "
             f"| {_cell(row['torchscript'], 'B=')} | {_cell(row['served'], 'c=')} | {_cell(row['sdk'], 'c=')} "
-            + (f"| {ratio_ip:.2f} {verdict(ratio_ip >= TARGETS['served_vs_inprocess'])} " if ratio_ip else "| - ")
-            + (f"| {ratio_hf:.2f} {verdict(ratio_hf >= TARGETS['served_vs_hf'])} " if ratio_hf else "| - ")
-            + (f"| {added:+.1f} ms {verdict(added <= TARGETS['added_latency_ms'])} " if added is not None else "| - ")
-            + (f"({row['added_same_threads_ms']:+.1f} ms) |" if row["added_same_threads_ms"] is not None else "|")
-            + (
-                f" {row['added_latency_first_ms']:+.1f} ms "
-                f"{verdict(row['added_latency_first_ms'] <= TARGETS['added_latency_ms'])} |"
-                if row["added_latency_first_ms"] is not None
-                else " - |"
-            )
+            f"| {_ratio_cell(row['served_vs_inprocess'], TARGETS['served_vs_inprocess'], rounds=row['rounds'])} "
+            f"| {_ratio_cell(row['served_vs_hf'], TARGETS['served_vs_hf'], rounds=row['rounds'])} "
+            + "".join(f"| {_added_cell(by_server.get(server))} " for server in servers)
+            + "|"
         )
+    if rounds:
+        lines += [
+            "",
+            "The rounds (audio-s/s; each round measures in-process, served and HF in turn, at the sweep's best "
+            "setting of each):",
+            "",
+            "| workload | round | HF pipeline | in-process | served | served / in-process | served / HF |",
+            "|---|---:|---:|---:|---:|---:|---:|",
+        ]
+        for name, measured in rounds.items():
+            vs_hf = measured.served_vs_hf() or (None,) * len(measured.served)
+            for index, (ts, srv, ratio, ratio_hf) in enumerate(
+                zip(measured.inprocess, measured.served, measured.served_vs_inprocess(), vs_hf, strict=True), 1
+            ):
+                hf = measured.hf[index - 1] if measured.hf else None
+                lines.append(
+                    f"| {name} | {index} | {_cell(hf, 'B=')} | {_cell(ts, 'B=')} | {_cell(srv, 'c=')} "
+                    f"| {ratio:.2f} | {f'{ratio_hf:.2f}' if ratio_hf is not None else '-'} |"
+                )
+    if pairs:
+        lines += [
+            "",
+            "c=1, served and in-process alternately on the same clips (ms; classifier compute: Triton's statistics "
+            "for each served request):",
+            "",
+            "| workload | server | in-process | pairs | in-process p50 | served p50 | classifier compute p50 "
+            "| added: median (IQR) | outside the model p50 | load |",
+            "|---|---|---|---:|---:|---:|---:|---:|---:|---:|",
+        ]
+        for pair in sorted(
+            pairs, key=lambda p: (p.server == "latency-first", [w.name for w in workloads].index(p.workload))
+        ):
+            lines.append(
+                f"| {pair.workload} | {pair.server} | {pair.inprocess} | {pair.pairs} | {pair.inprocess_p50_ms:.1f} "
+                f"| {pair.served_p50_ms:.1f} | {pair.compute_p50_ms:.1f} | {pair.added_p50_ms:+.1f} "
+                f"({pair.added_q25_ms:+.1f} to {pair.added_q75_ms:+.1f}) | {pair.outside_model_p50_ms:.1f} "
+                f"| {pair.load:.1f} |"
+            )
     lines += [
         "",
         "Every point (latency: per call for HF and TorchScript, whose batch answers together; per request served):",
@@ -941,7 +1240,9 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", help="HF id or directory (default: random-init wav2vec2-base)")
     parser.add_argument("--random-init", choices=("tiny", "base"), default="base", help="without --model")
-    parser.add_argument("--quick", action="store_true", help="short windows and fewer points (about 3 min)")
+    parser.add_argument(
+        "--quick", action="store_true", help="short windows and fewer points (about 10 min on 2 CPU cores)"
+    )
     parser.add_argument("--tune", action="store_true", help="only sweep dynamic-batching settings (a server each)")
     parser.add_argument("--tune-only", type=int, nargs="+", help="indices of the tuning candidates to run")
     parser.add_argument(
@@ -971,6 +1272,11 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--hf-batch-size", type=int, help="the HF pipeline's batch_size (default 4; cuda 16)")
     parser.add_argument("--point-s", type=float, help="seconds measured per point (default 6, quick 2)")
     parser.add_argument(
+        "--rounds",
+        type=int,
+        help="rounds of each system's best setting measured in turn, for the ratios (default 3, quick 1; 0: none)",
+    )
+    parser.add_argument(
         "--skip", nargs="+", default=[], choices=["hf", "torchscript", "served", "sdk", "latency-first"]
     )
     parser.add_argument("--output", type=Path, default=REPO_ROOT / "docs" / "benchmarks.md")
@@ -988,6 +1294,11 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     args.dtype = args.dtype or ("fp16" if cuda else "fp32")
     args.plot = args.plot or REPO_ROOT / "docs" / ("benchmarks-gpu.png" if cuda else "benchmarks.png")
     args.point_s = args.point_s or (2.0 if args.quick else 6.0)
+    if args.rounds is None:
+        args.rounds = 1 if args.quick else 3
+    if args.rounds < 0:
+        parser.error("--rounds must be 0 or more")
+    args.min_pairs = 4 if args.quick else MIN_PAIRS  # fewest c=1 pairs per workload (10 s clips: ~5 s a pair)
     return args
 
 
@@ -1011,6 +1322,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     notes: list[str] = []
     points: list[Point] = []
     first: list[tuple[str, float]] = []
+    pairs: list[PairedLatency] = []
+    rounds: dict[str, Interleaved] = {}
 
     with tempfile.TemporaryDirectory(prefix="emotion-bench-") as scratch:
         repository = args.repository
@@ -1052,6 +1365,15 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(tune_markdown(results, workloads, context))
             return 0
 
+        # The in-process side of the c=1 pairs runs on the threads of one served instance.
+        server_threads = settings.intra_op_threads or None if not cuda and args.server_url is None else None
+        server_label = (
+            "running"
+            if args.server_url
+            else f"{settings.classifier_instances} x {server_threads} thread"
+            if server_threads
+            else "default"
+        )
         with contextlib.ExitStack() as stack:
             url, pgid, ready_s = None, None, None
             if "served" not in args.skip:
@@ -1105,8 +1427,29 @@ def main(argv: Sequence[str] | None = None) -> int:
                         with_sdk=with_sdk,
                         failures=notes,
                     )
-        if pgid is not None and not cuda and "latency-first" not in args.skip:
-            points += latency_first_points(repository, Path(scratch), loaded, workloads, args.point_s, notes)
+                if url is not None and module is not None:
+                    interleave(
+                        module,
+                        url,
+                        pgid,
+                        workload,
+                        points,
+                        pairs=pairs,
+                        rounds=rounds,
+                        classifier=classifier,
+                        server=server_label,
+                        threads=server_threads,
+                        args=args,
+                        failures=notes,
+                    )
+        if module is not None and pgid is not None and not cuda and "latency-first" not in args.skip:
+            try:
+                pairs += latency_first_pairs(
+                    repository, Path(scratch), loaded, module, workloads, 2 * args.point_s, args.min_pairs
+                )
+            except (ServerError, InferenceServerException) as error:
+                notes.append(f"latency-first server: {error}")
+                log(notes[-1])
         runner = "the Python-backend runner on KIND_GPU" if cuda else "the Python-backend runner"
         grouping = (
             "whole batches"
@@ -1140,11 +1483,16 @@ def main(argv: Sequence[str] | None = None) -> int:
         "command": "python benchmarks/throughput.py " + " ".join(sys.argv[1:] if argv is None else argv),
         "wall_min": (time.perf_counter() - started) / 60.0,
     }
-    body = markdown(points, workloads, context, first, notes)
+    body = markdown(points, workloads, context, first, notes, pairs, rounds)
     write_section(args.output, "throughput-gpu" if cuda else "throughput", body)
     plot(points, workloads, args.plot, f"{context['machine']} — {context['model']}")
     if args.json:
-        args.json.write_text(json.dumps([dataclasses.asdict(p) for p in points], indent=1))
+        measured = {
+            "points": [dataclasses.asdict(p) for p in points],
+            "c1_pairs": [dataclasses.asdict(p) for p in pairs],
+            "rounds": {name: dataclasses.asdict(r) for name, r in rounds.items()},
+        }
+        args.json.write_text(json.dumps(measured, indent=1))
     print(body)
     log(f"wrote {args.output} and {args.plot} in {context['wall_min']:.1f} min")
     return 0
