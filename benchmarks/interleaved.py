@@ -1,9 +1,9 @@
 """Served and in-process timed alternately, so that the machine's drift falls on both alike.
 
-On a shared VM the same in-process point can move by a third between one minute and the next
-(another tenant, CPU steal). A sweep measures each system minutes apart, so its ratios and
-latency differences carry that drift; on the 1 s workload it was the size of the targets
-themselves. Alternating the two systems, clip by clip or round by round, puts the drift on both:
+On a shared VM the same in-process point can move by a third within ten minutes (other tenants'
+load). A sweep measures each system minutes apart, so its ratios and latency differences carry
+that drift; on the 1 s workload it was the size of the targets' margins. Alternating the systems,
+clip by clip or round by round, puts the drift on all of them alike:
 
 - `c1_pairs`: a clip in-process at batch 1, then the same clip served alone, over and over. Per
   pair, served minus in-process is the latency serving adds; per request, served minus the
