@@ -94,6 +94,9 @@ SYSTEM_NAMES = {
     "served": "served, perf_analyzer (gRPC)",
     "sdk": "served, SDK classify_many",
 }
+HF_SYSTEMS = ("hf", "hf_batch")
+"""The HF pipeline's rows; the better of them is the one the targets compare with."""
+LATENCY_FIRST_SERVER = "latency-first"
 LATENCY_FIRST = dataclasses.replace(BatchingSettings(), classifier_instances=1, intra_op_threads=0)
 """The cpu export a latency-first deployment would choose (`--classifier-instances 1
 --intra-op-threads 0`): a lone request gets every core, as the in-process module at batch 1 does."""
@@ -658,7 +661,7 @@ def latency_first_pairs(
     """c=1 through a second server on a copy of the repository with the LATENCY_FIRST settings,
     after the first has stopped, paired with in-process batch 1 on torch's default threads: the
     added latency of serving, with the threads held equal."""
-    copy = scratch / "latency-first"
+    copy = scratch / LATENCY_FIRST_SERVER
     shutil.copytree(repository, copy)
     rewrite_configs(copy, loaded, LATENCY_FIRST)
     log("latency-first server (1 classifier instance x default threads)")
@@ -669,7 +672,7 @@ def latency_first_pairs(
                 url,
                 w,
                 threads=None,
-                server="latency-first",
+                server=LATENCY_FIRST_SERVER,
                 budget_s=budget_s,
                 min_pairs=min_pairs,
                 device="cpu",
@@ -781,7 +784,7 @@ def interleave(
     ts, srv = best(points, "torchscript", workload.name), best(points, "served", workload.name)
     if ts is None or srv is None or args.rounds == 0:
         return
-    hf = [p for p in (best(points, "hf", workload.name), best(points, "hf_batch", workload.name)) if p]
+    hf = best(points, HF_SYSTEMS, workload.name)
     try:
         rounds[workload.name] = interleaved_rounds(
             module,
@@ -790,7 +793,7 @@ def interleave(
             workload,
             inprocess=ts,
             served=srv,
-            hf=max(hf, key=lambda p: p.audio_s_per_s) if hf and classifier is not None else None,
+            hf=hf if classifier is not None else None,
             classifier=classifier,
             rounds=args.rounds,
             budget_s=args.point_s,
@@ -921,13 +924,20 @@ def gpu_target_notes(points: Sequence[Point], workloads: Sequence[Workload]) -> 
     return notes
 
 
-def best(points: Sequence[Point], system: str, workload: str) -> Point | None:
-    candidates = [p for p in points if p.system == system and p.workload == workload]
+def best(points: Sequence[Point], system: str | tuple[str, ...], workload: str) -> Point | None:
+    """The fastest point of `workload` among those of `system` (one name, or several to choose from)."""
+    systems = (system,) if isinstance(system, str) else system
+    candidates = [p for p in points if p.system in systems and p.workload == workload]
     return max(candidates, key=lambda p: p.audio_s_per_s) if candidates else None
 
 
 def at(points: Sequence[Point], system: str, workload: str, setting: int) -> Point | None:
     return next((p for p in points if (p.system, p.workload, p.setting) == (system, workload, setting)), None)
+
+
+def latency_first_last(server: str) -> bool:
+    """Sort key: the default server's c=1 pairs first, the latency-first server's after them."""
+    return server == LATENCY_FIRST_SERVER
 
 
 def verdict(ok: bool) -> str:
@@ -943,8 +953,7 @@ def summary_rows(
     rows = []
     for workload in workloads:
         name = workload.name
-        hf = [p for p in (best(points, "hf", name), best(points, "hf_batch", name)) if p]
-        hf_best = max(hf, key=lambda p: p.audio_s_per_s) if hf else None
+        hf_best = best(points, HF_SYSTEMS, name)
         ts = best(points, "torchscript", name)
         srv = best(points, "served", name)
         mine = {pair.server: pair for pair in pairs if pair.workload == name}
@@ -967,7 +976,7 @@ def summary_rows(
                 else (srv.audio_s_per_s / hf_best.audio_s_per_s,)
                 if srv and hf_best
                 else (),
-                "paired": [mine[server] for server in sorted(mine, key=lambda s: s == "latency-first")],
+                "paired": [mine[server] for server in sorted(mine, key=latency_first_last)],
             }
         )
     return rows
@@ -988,14 +997,12 @@ def _ratio_cell(ratios: Sequence[float], target: float, *, rounds: bool) -> str:
     return f"{middle:.2f} {verdict(middle >= target)} {spread}"
 
 
-PAIRED_VERDICTS = {"met": "met", "not met": "**not met**", "within noise": "within noise"}
-
-
 def _added_cell(pair: PairedLatency | None) -> str:
     if pair is None:
         return "-"
+    outcome = pair.verdict(TARGETS["added_latency_ms"])
     return (
-        f"{pair.added_p50_ms:+.1f} ms {PAIRED_VERDICTS[pair.verdict(TARGETS['added_latency_ms'])]} "
+        f"{pair.added_p50_ms:+.1f} ms {'**not met**' if outcome == 'not met' else outcome} "
         f"[{pair.added_q25_ms:+.0f}, {pair.added_q75_ms:+.0f}]; outside the model {pair.outside_model_p50_ms:.1f} ms"
     )
 
@@ -1011,7 +1018,7 @@ def markdown(
 ) -> str:
     rounds = rounds or {}
     rows = summary_rows(points, workloads, pairs, rounds)
-    servers = sorted({pair.server for pair in pairs}, key=lambda s: s == "latency-first")
+    servers = sorted({pair.server for pair in pairs}, key=latency_first_last)
     lines = [
         f"Measured {context['date']} on {context['machine']}; {context['model']}; clips: {context['clips']}; "
         f"HF pipeline: {context['hf_attention']} attention, batch_size={context['hf_batch_size']}; "
@@ -1074,7 +1081,7 @@ def markdown(
             "|---|---|---|---:|---:|---:|---:|---:|---:|---:|",
         ]
         for pair in sorted(
-            pairs, key=lambda p: (p.server == "latency-first", [w.name for w in workloads].index(p.workload))
+            pairs, key=lambda p: (latency_first_last(p.server), [w.name for w in workloads].index(p.workload))
         ):
             lines.append(
                 f"| {pair.workload} | {pair.server} | {pair.inprocess} | {pair.pairs} | {pair.inprocess_p50_ms:.1f} "
