@@ -281,21 +281,16 @@ def hf_pipeline(model_ref: str, device: str) -> tuple[Any, str]:
 def hf_point(classifier: Any, workload: Workload, *, batch_size: int | None, budget_s: float, device: str) -> Point:
     """One clip per call (batch_size None), as the model card calls it, or the pipeline's own batching."""
     if batch_size is None:
-        return timed_loop(
-            lambda batch: classifier(batch[0]),
-            batches_of(workload, 1),
-            system="hf",
-            workload=workload.name,
-            setting=1,
-            budget_s=budget_s,
-            device=device,
-        )
+        call: Callable[[list[np.ndarray]], object] = lambda batch: classifier(batch[0])  # noqa: E731
+        system, size = "hf", 1
+    else:
+        call, system, size = lambda batch: classifier(batch, batch_size=batch_size), "hf_batch", batch_size
     return timed_loop(
-        lambda batch: classifier(batch, batch_size=batch_size),
-        batches_of(workload, batch_size),
-        system="hf_batch",
+        call,
+        batches_of(workload, size),
+        system=system,
         workload=workload.name,
-        setting=batch_size,
+        setting=size,
         budget_s=budget_s,
         device=device,
     )
@@ -1373,7 +1368,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             return 0
 
         # The in-process side of the c=1 pairs runs on the threads of one served instance.
-        server_threads = settings.intra_op_threads or None if not cuda and args.server_url is None else None
+        server_threads = (settings.intra_op_threads or None) if not cuda and args.server_url is None else None
         server_label = (
             "running"
             if args.server_url
