@@ -72,13 +72,17 @@ def c1_pairs(
     inprocess: str,
     budget_s: float,
     min_pairs: int = MIN_PAIRS,
+    served_warmup: int = 1,
 ) -> PairedLatency:
     """`served(clip)` returns (wall seconds, classifier compute seconds) of one request.
 
-    One untimed call of each first (a length neither has met yet must not count), then pairs
-    cycling through `clips` until `budget_s` has passed and at least `min_pairs` were timed."""
+    Untimed calls first, one in-process and `served_warmup` served (a length neither side has met
+    yet must not count, and each server instance meets it on its own: its first clip of a new
+    length faults that much memory in), then pairs cycling through `clips` until `budget_s` has
+    passed and at least `min_pairs` were timed."""
     local(clips[0])
-    served(clips[0])
+    for _ in range(served_warmup):
+        served(clips[0])
     inprocess_s: list[float] = []
     served_s: list[float] = []
     compute_s: list[float] = []

@@ -4,9 +4,10 @@ One run on one machine, full-size wav2vec2-base (random weights unless --model: 
 depend on weight values), espeak-ng speech of 1 s, 4 s, 10 s and mixed lengths:
 
 1. `pipeline("audio-classification")` as the model card uses it (one clip per call), and with
-   `batch_size`;
+   `batch_size`, in a process of its own with malloc's defaults, as a user's service runs it;
 2. the exported `model.pt` in this process (normalisation + ragged batch + TorchScript) at batch
-   sizes 1, 2, 4, 8: the best of them is the limit of this hardware;
+   sizes 1, 2, 4, 8, with malloc set up as the served cpu runner sets it (keeping freed memory):
+   the best of them is the limit of this hardware;
 3. the served ensemble (preprocess -> classifier) through gRPC: `perf_analyzer` over a concurrency
    sweep, and the SDK's `AsyncEmotionClient.classify_many`.
 
@@ -17,7 +18,7 @@ each system's best setting in turn, and pairs of one clip in-process then the sa
 It writes the tables into docs/benchmarks.md (between its `throughput` markers) and a plot of
 throughput and p99 latency against concurrency to docs/benchmarks.png.
 
-    make bench                                       # the full run (about 25 min on 2 CPU cores)
+    make bench                                       # the full run (about 30 min on 2 CPU cores)
     python benchmarks/throughput.py --quick          # about 10 min: fewer points, shorter windows
     python benchmarks/throughput.py --tune           # dynamic-batching settings, one server each
     # a GPU machine: the pip tritonserver serves a gpu-python export (fp16) it makes itself
@@ -37,6 +38,7 @@ import dataclasses
 import datetime
 import json
 import math
+import multiprocessing
 import os
 import platform
 import resource
@@ -68,6 +70,7 @@ from emotion_build.export import describe, export
 from emotion_build.loading import LoadedModel, load_pretrained, random_model
 from emotion_build.perf import PerfRow, perf_analyzer_command, perf_analyzer_env, read_perf_csv, write_input_data
 from emotion_build.server import ServerError, TritonServer, find_tritonserver
+from emotion_build.triton_models.heap import keep_freed_memory
 from emotion_build.triton_models.ragged import concatenate
 from emotion_build.triton_models.waveform import normalise
 
@@ -296,11 +299,71 @@ def hf_point(classifier: Any, workload: Workload, *, batch_size: int | None, bud
     )
 
 
-def hf_points(classifier: Any, workload: Workload, *, batch_size: int, budget_s: float, device: str) -> list[Point]:
+class HFProcess:
+    """The HF pipeline in a process of its own, by default with malloc as Python leaves it.
+
+    This process keeps freed memory the way the cpu runner does (triton_models/heap.py), so that
+    the in-process module is measured as the server runs it. The pipeline is the baseline a user's
+    own service would be: built exactly as the model card builds it, in a plain interpreter, so it
+    must not inherit that setting (mallopt is per process; a spawned child starts with defaults)."""
+
+    def __init__(self, model_ref: str, device: str, *, keep_freed_mib: int = 0) -> None:
+        """`keep_freed_mib` > 0 gives the pipeline the runner's malloc setting instead (--hf-malloc runner),
+        to show how much of the difference is the allocator."""
+        context = multiprocessing.get_context("spawn")
+        self._connection, child = context.Pipe()
+        self._process = context.Process(target=_hf_child, args=(child, model_ref, device, keep_freed_mib), daemon=True)
+        self._process.start()
+        child.close()
+        self.attention: str = self._receive()
+
+    def _receive(self) -> Any:
+        try:
+            message = self._connection.recv()
+        except EOFError:
+            raise RuntimeError(f"the HF pipeline's process died (exit code {self._process.exitcode})") from None
+        if isinstance(message, BaseException):
+            raise message
+        return message
+
+    def point(self, workload: Workload, *, batch_size: int | None, budget_s: float, device: str) -> Point:
+        self._connection.send((workload, batch_size, budget_s, device))
+        return Point(**self._receive())
+
+    def close(self) -> None:
+        if self._process.is_alive():
+            self._connection.send(None)
+            self._process.join(timeout=30)
+        if self._process.is_alive():
+            self._process.kill()
+        self._connection.close()
+
+    def __enter__(self) -> HFProcess:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+
+def _hf_child(connection: Any, model_ref: str, device: str, keep_freed_mib: int) -> None:
+    """HFProcess's other end: the pipeline, then one point per request until None. Points go back as
+    dicts: this module is `__mp_main__` here, and the parent could not unpickle its classes."""
+    try:
+        if keep_freed_mib > 0 and not keep_freed_memory(keep_freed_mib * 2**20):
+            raise RuntimeError("this C library refused glibc's mallopt")
+        classifier, attention = hf_pipeline(model_ref, device)
+        connection.send(attention)
+        while (request := connection.recv()) is not None:
+            workload, batch_size, budget_s, device = request
+            point = hf_point(classifier, workload, batch_size=batch_size, budget_s=budget_s, device=device)
+            connection.send(dataclasses.asdict(point))
+    except Exception as error:  # every failure goes back to the parent, as a picklable error
+        connection.send(RuntimeError(f"HF pipeline: {type(error).__name__}: {error}"))
+
+
+def hf_points(hf: HFProcess, workload: Workload, *, batch_size: int, budget_s: float, device: str) -> list[Point]:
     log(f"HF pipeline on {workload.name}: one clip per call, then batch_size={batch_size}")
-    return [
-        hf_point(classifier, workload, batch_size=size, budget_s=budget_s, device=device) for size in (None, batch_size)
-    ]
+    return [hf.point(workload, batch_size=size, budget_s=budget_s, device=device) for size in (None, batch_size)]
 
 
 def inprocess_call(module: torch.jit.ScriptModule, device: str) -> Callable[[list[np.ndarray]], object]:
@@ -551,11 +614,15 @@ def paired_c1(
     *,
     threads: int | None,
     server: str,
+    instances: int,
     budget_s: float,
     min_pairs: int,
     device: str,
 ) -> PairedLatency:
-    """c=1, served and in-process batch 1 alternately on the same clips (interleaved.c1_pairs)."""
+    """c=1, served and in-process batch 1 alternately on the same clips (interleaved.c1_pairs).
+
+    Triton hands each lone request to whichever instance is free, so three untimed requests per
+    instance make it all but certain that every instance has met the length before the pairs."""
     run = inprocess_call(module, device)
     inprocess = "default threads" if threads is None else f"{threads} thread{'s' if threads > 1 else ''}"
     log(f"c=1 on {workload.name}: the {server} server and in-process batch 1 ({inprocess}), alternately")
@@ -574,6 +641,7 @@ def paired_c1(
             inprocess=inprocess,
             budget_s=budget_s,
             min_pairs=min_pairs,
+            served_warmup=3 * instances,
         )
     log(
         f"  added at c=1: {paired.added_p50_ms:+.1f} ms (IQR {paired.added_q25_ms:+.1f} to {paired.added_q75_ms:+.1f}, "
@@ -591,7 +659,7 @@ def interleaved_rounds(
     inprocess: Point,
     served: Point,
     hf: Point | None,
-    classifier: Any,
+    hf_process: HFProcess | None,
     rounds: int,
     budget_s: float,
     device: str,
@@ -623,11 +691,9 @@ def interleaved_rounds(
             ),
             served_round,
         ]
-        if hf is not None:
+        if hf is not None and hf_process is not None:
             size = hf.setting if hf.system == "hf_batch" else None
-            measurements.append(
-                lambda: hf_point(classifier, workload, batch_size=size, budget_s=budget_s, device=device)
-            )
+            measurements.append(lambda: hf_process.point(workload, batch_size=size, budget_s=budget_s, device=device))
         measured = alternate(measurements, rounds=rounds)
     result = Interleaved(
         inprocess=tuple(m[0] for m in measured),
@@ -668,6 +734,7 @@ def latency_first_pairs(
                 w,
                 threads=None,
                 server=LATENCY_FIRST_SERVER,
+                instances=LATENCY_FIRST.classifier_instances,
                 budget_s=budget_s,
                 min_pairs=min_pairs,
                 device="cpu",
@@ -752,8 +819,9 @@ def interleave(
     *,
     pairs: list[PairedLatency],
     rounds: dict[str, Interleaved],
-    classifier: Any,
+    hf_process: HFProcess | None,
     server: str,
+    instances: int,
     threads: int | None,
     args: argparse.Namespace,
     failures: list[str],
@@ -768,6 +836,7 @@ def interleave(
                 workload,
                 threads=threads,
                 server=server,
+                instances=instances,
                 budget_s=2 * args.point_s,
                 min_pairs=args.min_pairs,
                 device=args.device,
@@ -788,8 +857,8 @@ def interleave(
             workload,
             inprocess=ts,
             served=srv,
-            hf=hf if classifier is not None else None,
-            classifier=classifier,
+            hf=hf if hf_process is not None else None,
+            hf_process=hf_process,
             rounds=args.rounds,
             budget_s=args.point_s,
             device=args.device,
@@ -1016,7 +1085,9 @@ def markdown(
     servers = sorted({pair.server for pair in pairs}, key=latency_first_last)
     lines = [
         f"Measured {context['date']} on {context['machine']}; {context['model']}; clips: {context['clips']}; "
-        f"HF pipeline: {context['hf_attention']} attention, batch_size={context['hf_batch_size']}; "
+        f"HF pipeline: {context['hf_attention']} attention, batch_size={context['hf_batch_size']}, "
+        f"{context.get('hf_process', 'in the bench process')}; in-process TorchScript: "
+        f"{context.get('inprocess_memory', 'malloc defaults')}; "
         f"served: {context['served']}. Load average (1 min) over the points: {context['load']}.",
         "",
         "Throughput in audio-seconds per second (the batch size B or concurrency c it was best at in the sweep). "
@@ -1272,6 +1343,13 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         "--max-batch-audio-s", type=float, help="skip in-process batches holding more audio (default 40; cuda 700)"
     )
     parser.add_argument("--hf-batch-size", type=int, help="the HF pipeline's batch_size (default 4; cuda 16)")
+    parser.add_argument(
+        "--hf-malloc",
+        choices=("defaults", "runner"),
+        default="defaults",
+        help="malloc of the HF pipeline's process: glibc's defaults, as the model card's users run it, or the "
+        "cpu runner's setting that keeps freed memory (to see how much of a difference is the allocator)",
+    )
     parser.add_argument("--point-s", type=float, help="seconds measured per point (default 6, quick 2)")
     parser.add_argument(
         "--rounds",
@@ -1318,6 +1396,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     # The pip tritonserver has no libtorch backend: on a GPU it serves the Python-backend runner on KIND_GPU.
     target: Target = "gpu-python" if cuda else "cpu"
     settings = BatchingSettings.for_target(target)
+    # The in-process module runs with malloc as the cpu runner sets it up; the HF pipeline gets a
+    # process of its own with the defaults (HFProcess).
+    kept_mib = settings.keep_freed_memory_mb if keep_freed_memory(settings.keep_freed_memory_mb * 2**20) else 0
     loaded = load_pretrained(args.model) if args.model else random_model(args.random_init)
     workloads, kind = make_workloads(args.workloads, clips_per_length=4 if args.quick else 8, mixed_count=16)
     log(f"model {loaded.source}; clips: {kind}; workloads: {', '.join(w.name for w in workloads)}")
@@ -1393,7 +1474,14 @@ def main(argv: Sequence[str] | None = None) -> int:
                 notes.append(
                     "SDK rows skipped: this checkout's emotion_client has no AsyncEmotionClient.classify_many."
                 )
-            classifier, hf_attention = hf_pipeline(model_ref, device) if "hf" not in args.skip else (None, "-")
+            hf_process = (
+                stack.enter_context(
+                    HFProcess(model_ref, device, keep_freed_mib=kept_mib if args.hf_malloc == "runner" else 0)
+                )
+                if "hf" not in args.skip
+                else None
+            )
+            hf_attention = hf_process.attention if hf_process is not None else "-"
             module = None
             if "torchscript" not in args.skip:
                 module = torch.jit.load(  # type: ignore[no-untyped-call]
@@ -1402,9 +1490,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             # Workload by workload, every system close in time: other load on the machine then
             # skews the systems of one workload alike.
             for workload in workloads:
-                if classifier is not None:
+                if hf_process is not None:
                     points += hf_points(
-                        classifier, workload, batch_size=args.hf_batch_size, budget_s=args.point_s, device=device
+                        hf_process, workload, batch_size=args.hf_batch_size, budget_s=args.point_s, device=device
                     )
                 if module is not None:
                     points += torchscript_points(
@@ -1438,8 +1526,9 @@ def main(argv: Sequence[str] | None = None) -> int:
                         points,
                         pairs=pairs,
                         rounds=rounds,
-                        classifier=classifier,
+                        hf_process=hf_process,
                         server=server_label,
+                        instances=settings.classifier_instances,
                         threads=server_threads,
                         args=args,
                         failures=notes,
@@ -1468,6 +1557,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             f"max batch {settings.max_batch_size}, queue delay {settings.max_queue_delay_us} µs, "
             f"{settings.classifier_instances} classifier instance(s){threads}, "
             f"{settings.preprocess_instances} preprocess instances, {grouping}"
+            + (f", each runner keeps ≤ {kept_mib} MiB freed memory" if settings.keep_freed_memory_mb else "")
         )
         if cuda:
             notes += gpu_target_notes(points, workloads)
@@ -1480,6 +1570,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         "clips": f"{kind}, {len(workloads[0].clips)} per fixed length, mixed {len(workloads[-1].clips)} of 1-10 s",
         "hf_attention": hf_attention,
         "hf_batch_size": args.hf_batch_size,
+        "hf_process": "in its own process with malloc's defaults, as a user's service runs it"
+        if args.hf_malloc == "defaults"
+        else f"in its own process keeping ≤ {kept_mib} MiB freed memory like the runner (--hf-malloc runner)",
+        "inprocess_memory": f"keeps ≤ {kept_mib} MiB freed memory, as the served runner does"
+        if kept_mib
+        else "malloc defaults, as the served runner",
         "served": served_label,
         "load": f"{min(loads):.1f}-{max(loads):.1f}",
         "command": "python benchmarks/throughput.py " + " ".join(sys.argv[1:] if argv is None else argv),

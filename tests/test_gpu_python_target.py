@@ -46,6 +46,7 @@ def test_gpu_targets_share_the_gpu_batching_defaults() -> None:
     assert BatchingSettings.for_target("gpu-python") == gpu
     assert gpu.classifier_instances == 1
     assert gpu.max_batch_size > BatchingSettings.for_target("cpu").max_batch_size
+    assert gpu.keep_freed_memory_mb == 0 < BatchingSettings.for_target("cpu").keep_freed_memory_mb
 
 
 @pytest.fixture(scope="module")
@@ -61,7 +62,7 @@ def gpu_python_repository(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 def test_export_writes_the_runner_and_a_half_precision_model(gpu_python_repository: Path) -> None:
     version = gpu_python_repository / "classifier" / "1"
-    assert {"model.py", "ragged.py", "waveform.py", "model.pt"} <= {p.name for p in version.iterdir()}
+    assert {"model.py", "heap.py", "ragged.py", "waveform.py", "model.pt"} <= {p.name for p in version.iterdir()}
     provenance = Provenance.from_json((version / "export.json").read_text())
     assert (provenance.target, provenance.dtype, provenance.conv_form) == ("gpu-python", "float16", "matmul")
     assert "KIND_GPU" in (gpu_python_repository / "classifier" / "config.pbtxt").read_text()

@@ -59,3 +59,20 @@ def test_paired_verdict_calls_a_miss_only_when_three_pairs_in_four_miss(
     q25, q50, q75 = quartiles
     pair = PairedLatency("4 s", "s", "1 thread", 8, 1000.0, 1000.0 + q50, 997.0, q50, q25, q75, 3.0, 1.0)
     assert pair.verdict(5.0) == expected
+
+
+def test_c1_pairs_warm_every_server_instance_before_timing() -> None:
+    """Each instance meets a length on its own; the untimed served calls come before any pair."""
+    calls: list[str] = []
+    paired = c1_pairs(
+        lambda clip: calls.append("local"),
+        lambda clip: (calls.append("served"), (0.01, 0.005))[1],
+        [np.zeros(1600, np.float32)],
+        workload="w",
+        server="s",
+        inprocess="1 thread",
+        budget_s=0.0,
+        served_warmup=6,
+    )
+    assert calls[:7] == ["local"] + ["served"] * 6
+    assert len(calls) == 7 + 2 * paired.pairs

@@ -112,6 +112,20 @@ def test_accepted_clips_normalise_to_finite_zero_mean_values(audio: npt.NDArray[
         assert abs(float(normalised.astype(np.float64).std()) - 1.0) < 1e-2
 
 
+@settings(max_examples=500)
+@given(audio=finite_clip, offset=st.sampled_from([0.0, 0.05, -2.0, 1e3]))
+def test_normalisation_is_the_feature_extractors_formula_bit_for_bit(
+    audio: npt.NDArray[np.float32], offset: float
+) -> None:
+    """normalise() saves passes over the clip; the served input must still be exactly what
+    `Wav2Vec2FeatureExtractor.zero_mean_unit_var_norm` makes of it, to the last bit."""
+    clip = (audio[0].astype(np.float64) + offset).astype(np.float32)
+    expected = (clip - clip.mean()) / np.sqrt(clip.var() + 1e-7)
+    ours = normalise(clip, do_normalize=True)
+    assert ours.dtype == expected.dtype
+    np.testing.assert_array_equal(ours, expected)
+
+
 unit_clip = hnp.arrays(
     np.float32,
     st.tuples(st.just(1), st.integers(LIMITS.min_samples, LIMITS.max_samples)),

@@ -112,6 +112,13 @@ def _parser() -> argparse.ArgumentParser:
         default=argparse.SUPPRESS,
         help=f"torch threads of each cpu runner instance (default {cpu.intra_op_threads}; 0: torch's default)",
     )
+    export.add_argument(
+        "--keep-freed-memory-mb",
+        type=int,
+        default=argparse.SUPPRESS,
+        help="freed memory each cpu runner instance keeps for its next batch instead of faulting it in again "
+        f"(default {cpu.keep_freed_memory_mb} for cpu, {gpu.keep_freed_memory_mb} for the gpu targets; 0: off)",
+    )
 
     serve = commands.add_parser(
         "serve",
@@ -185,6 +192,7 @@ def _export(args: argparse.Namespace) -> int:
             max_queue_size=args.max_queue_size,
             queue_timeout_ms=args.queue_timeout_ms,
             max_padding_fraction=target_defaults.max_padding_fraction,
+            keep_freed_memory_mb=getattr(args, "keep_freed_memory_mb", target_defaults.keep_freed_memory_mb),
         )
         description = describe(
             loaded,

@@ -118,7 +118,13 @@ def classifier_config(description: ModelDescription, target: Target) -> mc.Model
                 "max_samples": str(description.max_samples),
             },
         )
-        _parameters(config, {"max_padding_fraction": repr(batching.max_padding_fraction)})
+        _parameters(
+            config,
+            {
+                "max_padding_fraction": repr(batching.max_padding_fraction),
+                "keep_freed_memory_mb": str(batching.keep_freed_memory_mb),
+            },
+        )
     else:
         raise ValueError(f"target must be one of {', '.join(TARGETS)}, got {target!r}")
     return config

@@ -96,15 +96,23 @@ class BatchingSettings:
     """CPU runner: a batch runs in groups of similar length, padding each group by at most this fraction.
 
     On CPU a padded sample costs as much as a real one (docs/benchmarks.md); inf runs the batch whole."""
+    keep_freed_memory_mb: int = 512
+    """CPU runner: freed memory (MiB) each instance keeps for the next batch instead of returning it.
+
+    Without it every batch faults its activations in afresh, 10-25 % of the model's time on
+    CPU (docs/benchmarks.md); the price is up to this much idle memory held per instance. 0: off."""
 
     def __post_init__(self) -> None:
         if not self.max_padding_fraction >= 0:
             raise ValueError(f"max_padding_fraction must be >= 0 (or inf), got {self.max_padding_fraction}")
+        if not 0 <= self.keep_freed_memory_mb < 2048:
+            raise ValueError(f"keep_freed_memory_mb must be in [0, 2047], got {self.keep_freed_memory_mb}")
 
     @classmethod
     def for_target(cls, target: Target) -> BatchingSettings:
         """The defaults of one target. Both GPU targets take bigger batches, a 2 ms delay and one
-        instance, and run a batch whole: a GPU pays for padding far less than for more launches."""
+        instance, and run a batch whole: a GPU pays for padding far less than for more launches.
+        Their runner's host memory is small inputs and outputs, so it leaves malloc as it is."""
         if target in ("gpu", "gpu-python"):
             return cls(
                 max_batch_size=32,
@@ -112,6 +120,7 @@ class BatchingSettings:
                 classifier_instances=1,
                 intra_op_threads=0,
                 max_padding_fraction=math.inf,
+                keep_freed_memory_mb=0,
             )
         return cls()
 

@@ -22,7 +22,12 @@ from .description import (
 __all__ = ["MODEL_SOURCES", "write_repository"]
 
 _PREPROCESS_SOURCES = (("preprocess_model.py", "model.py"), ("waveform.py", "waveform.py"))
-_RUNNER_SOURCES = (("classifier_model.py", "model.py"), ("ragged.py", "ragged.py"), ("waveform.py", "waveform.py"))
+_RUNNER_SOURCES = (
+    ("classifier_model.py", "model.py"),
+    ("heap.py", "heap.py"),
+    ("ragged.py", "ragged.py"),
+    ("waveform.py", "waveform.py"),
+)
 
 MODEL_SOURCES: dict[str, dict[Target, tuple[tuple[str, str], ...]]] = {
     PREPROCESS_MODEL: {"gpu": _PREPROCESS_SOURCES, "cpu": _PREPROCESS_SOURCES, "gpu-python": _PREPROCESS_SOURCES},

@@ -18,6 +18,7 @@ from typing import Any
 import numpy as np
 import torch
 import triton_python_backend_utils as pb_utils  # provided by Triton's Python-backend stub
+from heap import keep_freed_memory, malloc_set_by_environment  # copied beside this file
 from ragged import concatenate, length_groups, merge_groups, split_rows  # copied beside this file
 from waveform import WaveformError, WaveformLimits, validate  # copied beside this file
 
@@ -49,6 +50,15 @@ class TritonPythonModel:
     def initialize(self, args: dict[str, str]) -> None:
         config = json.loads(args["model_config"])
         parameters = {key: value["string_value"] for key, value in config["parameters"].items()}
+        keep_mb = int(parameters.get("keep_freed_memory_mb", "0"))
+        chosen = malloc_set_by_environment()
+        if keep_mb > 0 and chosen:
+            pb_utils.Logger.log_info(f"keep_freed_memory_mb={keep_mb} not applied: {', '.join(chosen)} set malloc up")
+        elif keep_mb > 0 and not keep_freed_memory(keep_mb * 2**20):
+            pb_utils.Logger.log_warn(
+                f"keep_freed_memory_mb={keep_mb}: this C library has no glibc mallopt or refused it; "
+                "each batch will fault its memory in afresh"
+            )
         threads = int(parameters.get("intra_op_threads", "0"))
         if threads > 0:
             torch.set_num_threads(threads)

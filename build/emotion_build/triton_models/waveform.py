@@ -63,13 +63,17 @@ def validate(audio: npt.NDArray[np.generic], limits: WaveformLimits) -> FloatArr
         raise WaveformError(
             f"audio is too long: {limits.describe(samples)}; the maximum is {limits.describe(limits.max_samples)}"
         )
-    finite = np.isfinite(clip)
-    if not finite.all():
+    # The largest and the smallest sample, two passes without temporaries: both propagate NaN and
+    # infinities, so they also say whether every sample is finite. A 10 s clip is checked in about
+    # half the time of isfinite().all() plus abs().max(), and this runs on every request, twice
+    # (preprocess, then the classifier on its own input). Counting is left to the error path.
+    high, low = float(clip.max()), float(clip.min())
+    if not (math.isfinite(high) and math.isfinite(low)):
         nan = int(np.isnan(clip).sum())
-        inf = int(samples - finite.sum()) - nan
+        inf = int(np.isinf(clip).sum())
         raise WaveformError(f"audio must be finite: found {nan} NaN and {inf} infinite samples of {samples}")
     if limits.max_abs_amplitude is not None:
-        peak = float(np.abs(clip).max())
+        peak = max(high, -low)
         if peak > limits.max_abs_amplitude:
             loud = int((np.abs(clip) > limits.max_abs_amplitude).sum())
             raise WaveformError(
@@ -81,7 +85,15 @@ def validate(audio: npt.NDArray[np.generic], limits: WaveformLimits) -> FloatArr
 
 
 def normalise(clip: FloatArray, *, do_normalize: bool) -> FloatArray:
+    """`(clip - clip.mean()) / np.sqrt(clip.var() + 1e-7)` as the feature extractor writes it, bit
+    for bit, in five passes over the clip instead of seven: `var()` would compute the mean and the
+    centred clip again, and the division would get an array of its own. The same float32 sums in
+    the same order as NumPy's `var` (pairwise sum of the squared centred samples, divided by the
+    count) and the epsilon added to a float32 scalar as there, so the result does not move by an ulp.
+    It runs on every request in a stub that wakes cold: each pass and each fresh array shows."""
     if not do_normalize:
         return clip.astype(np.float32, copy=False)
-    normed: FloatArray = (clip - clip.mean()) / np.sqrt(clip.var() + NORMALISE_EPSILON)
-    return normed.astype(np.float32, copy=False)
+    centred: FloatArray = clip - clip.mean()
+    variance = np.float32(np.multiply(centred, centred).sum() / clip.size)
+    np.divide(centred, np.sqrt(variance + NORMALISE_EPSILON), out=centred)
+    return centred.astype(np.float32, copy=False)
