@@ -326,8 +326,8 @@ class HFProcess:
             raise message
         return message
 
-    def point(self, workload: Workload, *, batch_size: int | None, budget_s: float, device: str) -> Point:
-        self._connection.send((workload, batch_size, budget_s, device))
+    def point(self, workload: Workload, *, batch_size: int | None, budget_s: float) -> Point:
+        self._connection.send((workload, batch_size, budget_s))
         return Point(**self._receive())
 
     def close(self) -> None:
@@ -354,16 +354,16 @@ def _hf_child(connection: Any, model_ref: str, device: str, keep_freed_mib: int)
         classifier, attention = hf_pipeline(model_ref, device)
         connection.send(attention)
         while (request := connection.recv()) is not None:
-            workload, batch_size, budget_s, device = request
+            workload, batch_size, budget_s = request
             point = hf_point(classifier, workload, batch_size=batch_size, budget_s=budget_s, device=device)
             connection.send(dataclasses.asdict(point))
     except Exception as error:  # every failure goes back to the parent, as a picklable error
         connection.send(RuntimeError(f"HF pipeline: {type(error).__name__}: {error}"))
 
 
-def hf_points(hf: HFProcess, workload: Workload, *, batch_size: int, budget_s: float, device: str) -> list[Point]:
+def hf_points(hf: HFProcess, workload: Workload, *, batch_size: int, budget_s: float) -> list[Point]:
     log(f"HF pipeline on {workload.name}: one clip per call, then batch_size={batch_size}")
-    return [hf.point(workload, batch_size=size, budget_s=budget_s, device=device) for size in (None, batch_size)]
+    return [hf.point(workload, batch_size=size, budget_s=budget_s) for size in (None, batch_size)]
 
 
 def inprocess_call(module: torch.jit.ScriptModule, device: str) -> Callable[[list[np.ndarray]], object]:
@@ -665,9 +665,10 @@ def interleaved_rounds(
     device: str,
 ) -> Interleaved:
     """The sweep's best HF row, in-process batch and served concurrency again, one of each per round."""
+    hf_row = hf if hf_process is not None else None  # measured again only where the pipeline's process runs
     log(
         f"{workload.name} in rounds: "
-        + (f"{SYSTEM_NAMES[hf.system]} (B={hf.setting}), " if hf else "")
+        + (f"{SYSTEM_NAMES[hf_row.system]} (B={hf_row.setting}), " if hf_row is not None else "")
         + f"in-process B={inprocess.setting}, served c={served.setting}; {rounds} rounds"
     )
     with tempfile.TemporaryDirectory(prefix="emotion-bench-") as scratch:
@@ -691,18 +692,18 @@ def interleaved_rounds(
             ),
             served_round,
         ]
-        if hf is not None and hf_process is not None:
-            size = hf.setting if hf.system == "hf_batch" else None
-            measurements.append(lambda: hf_process.point(workload, batch_size=size, budget_s=budget_s, device=device))
+        if hf_row is not None and hf_process is not None:
+            size = hf_row.setting if hf_row.system == "hf_batch" else None
+            measurements.append(lambda: hf_process.point(workload, batch_size=size, budget_s=budget_s))
         measured = alternate(measurements, rounds=rounds)
     result = Interleaved(
         inprocess=tuple(m[0] for m in measured),
         served=tuple(m[1] for m in measured),
-        hf=tuple(m[2] for m in measured) if hf is not None else (),
+        hf=tuple(m[2] for m in measured) if hf_row is not None else (),
     )
     log(
         f"  served/in-process {np.median(result.served_vs_inprocess()):.2f}"
-        + (f", served/HF {np.median(result.served_vs_hf()):.2f}" if hf is not None else "")
+        + (f", served/HF {np.median(result.served_vs_hf()):.2f}" if hf_row is not None else "")
     )
     return result
 
@@ -857,7 +858,7 @@ def interleave(
             workload,
             inprocess=ts,
             served=srv,
-            hf=hf if hf_process is not None else None,
+            hf=hf,
             hf_process=hf_process,
             rounds=args.rounds,
             budget_s=args.point_s,
@@ -1491,9 +1492,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             # skews the systems of one workload alike.
             for workload in workloads:
                 if hf_process is not None:
-                    points += hf_points(
-                        hf_process, workload, batch_size=args.hf_batch_size, budget_s=args.point_s, device=device
-                    )
+                    points += hf_points(hf_process, workload, batch_size=args.hf_batch_size, budget_s=args.point_s)
                 if module is not None:
                     points += torchscript_points(
                         module,
@@ -1557,7 +1556,11 @@ def main(argv: Sequence[str] | None = None) -> int:
             f"max batch {settings.max_batch_size}, queue delay {settings.max_queue_delay_us} µs, "
             f"{settings.classifier_instances} classifier instance(s){threads}, "
             f"{settings.preprocess_instances} preprocess instances, {grouping}"
-            + (f", each runner keeps ≤ {kept_mib} MiB freed memory" if settings.keep_freed_memory_mb else "")
+            + (
+                f", each runner keeps ≤ {settings.keep_freed_memory_mb} MiB freed memory"
+                if settings.keep_freed_memory_mb
+                else ""
+            )
         )
         if cuda:
             notes += gpu_target_notes(points, workloads)
