@@ -889,6 +889,7 @@ def _candidate(
     instances: int,
     threads: int,
     *,
+    preferred: int = 4,
     preprocess: int = 2,
     padding: float = 0.1,
     warmup: int = 2,
@@ -896,6 +897,7 @@ def _candidate(
     return dataclasses.replace(
         BatchingSettings(),
         max_batch_size=batch,
+        preferred_batch_size=preferred,
         max_queue_delay_us=delay_us,
         classifier_instances=instances,
         intra_op_threads=threads,
@@ -906,11 +908,11 @@ def _candidate(
 
 
 TUNE_CANDIDATES: tuple[BatchingSettings, ...] = (
-    _candidate(32, 2000, 1, 0, padding=math.inf),  # the settings before this tuning
+    _candidate(32, 2000, 1, 0, preferred=0, padding=math.inf),  # the settings before any tuning
     _candidate(8, 0, 1, 2),
     _candidate(8, 0, 2, 1),
+    _candidate(8, 0, 2, 1, preferred=0),  # the settings before the preferred cut
     _candidate(4, 0, 2, 1),
-    _candidate(16, 0, 2, 1),
     _candidate(8, 2000, 2, 1),
     _candidate(8, 0, 2, 1, padding=math.inf),
     _candidate(8, 0, 2, 1, preprocess=1),
@@ -918,7 +920,7 @@ TUNE_CANDIDATES: tuple[BatchingSettings, ...] = (
     _candidate(8, 0, 2, 1, warmup=0),
 )
 """Complete settings, so a row means the same whatever the defaults are; the first row is the
-repository's settings before this tuning (whole batches: no length groups)."""
+repository's settings before any tuning (whole batches: no length groups)."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -1200,17 +1202,23 @@ def markdown(
     return "\n".join(lines)
 
 
+def cut_at(settings: BatchingSettings) -> str:
+    """The preferred batch size as the configs render it: none at 0 or at max_batch_size and above."""
+    return str(settings.preferred_batch_size) if 0 < settings.preferred_batch_size < settings.max_batch_size else "-"
+
+
 def tune_markdown(results: Sequence[TuneResult], workloads: Sequence[Workload], context: dict[str, Any]) -> str:
     concurrencies = sorted({p.setting for result in results for p in result.points})
-    knobs = "| max batch | queue delay µs | instances x threads | preprocess | length groups | warmup |"
+    knobs = "| max batch | cut at | queue delay µs | instances x threads | preprocess | length groups | warmup |"
     header = knobs + " ".join(f" {w.name} c={c} |" for w in workloads for c in concurrencies) + " first request ms |"
     lines = [
         f"Measured {context['date']} on {context['machine']}; {context['model']}; one server per row, "
-        "perf_analyzer over gRPC. Cells: audio-seconds per second (p50 / p99 latency in ms). Threads 0: "
-        "torch's default (one per core).",
+        "perf_analyzer over gRPC. Cells: audio-seconds per second (p50 / p99 latency in ms). Cut at: the "
+        "preferred batch size the batcher cuts a longer queue at (-: none). Threads 0: torch's default "
+        "(one per core).",
         "",
         header,
-        "|---:|---:|---|---:|---|---:|" + "---:|" * (len(workloads) * len(concurrencies) + 1),
+        "|---:|---:|---:|---|---:|---|---:|" + "---:|" * (len(workloads) * len(concurrencies) + 1),
     ]
     notes = []
     for result in results:
@@ -1224,10 +1232,9 @@ def tune_markdown(results: Sequence[TuneResult], workloads: Sequence[Workload], 
                     f"{point.audio_s_per_s:.2f} ({point.p50_ms:.0f} / {point.p99_ms:.0f})" if point else "failed"
                 )
         lines.append(
-            f"| {b.max_batch_size} | {b.max_queue_delay_us} | {b.classifier_instances} x {b.intra_op_threads} "
-            f"| {b.preprocess_instances} | {groups} | {b.warmup_count} | "
-            + " | ".join(cells)
-            + f" | {result.first[0][1]:.0f} |"
+            f"| {b.max_batch_size} | {cut_at(b)} | {b.max_queue_delay_us} "
+            f"| {b.classifier_instances} x {b.intra_op_threads} | {b.preprocess_instances} | {groups} "
+            f"| {b.warmup_count} | " + " | ".join(cells) + f" | {result.first[0][1]:.0f} |"
         )
         notes += [
             f"max batch {b.max_batch_size}, {b.classifier_instances} x {b.intra_op_threads}: {f}"
@@ -1553,7 +1560,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             else f"a running server at {args.server_url}"
             if args.server_url
             else f"pip tritonserver {find_tritonserver().version}, {target} target ({runner}), {provenance.dtype}, "
-            f"max batch {settings.max_batch_size}, queue delay {settings.max_queue_delay_us} µs, "
+            f"max batch {settings.max_batch_size}"
+            + (f" (a longer queue cut at {cut_at(settings)})" if cut_at(settings) != "-" else "")
+            + f", queue delay {settings.max_queue_delay_us} µs, "
             f"{settings.classifier_instances} classifier instance(s){threads}, "
             f"{settings.preprocess_instances} preprocess instances, {grouping}"
             + (

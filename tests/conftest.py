@@ -49,10 +49,12 @@ def tiny_repository(tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFacto
     return export_cpu_repository(
         tiny_model_dir,
         tmp_path_factory.mktemp("repo") / "model_repository",
-        # Batches fill to CONCURRENCY (8) or wait up to 100 ms for it, so test_batching can show
-        # that mixed lengths batch even on a loaded two-core machine.
+        # Batches fill to CONCURRENCY (8), with no preferred size to cut them at, or wait up to 100 ms
+        # for it, so test_batching can show that mixed lengths batch even on a loaded two-core machine.
         "--max-batch-size",
         "8",
+        "--preferred-batch-size",
+        "0",
         "--max-queue-delay-us",
         "100000",
         "--intra-op-threads",

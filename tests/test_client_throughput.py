@@ -1,5 +1,5 @@
 """classify_many throughput against a plain loop of classify(), on the tiny model served with the
-export's default batching (max_batch_size 32, max_queue_delay 2 ms). Prints the best and the median
+export's default cpu batching (BatchingSettings' defaults, one thread per instance). Prints the best and the median
 of interleaved runs (run with -s); asserts only that every way of sending gives the same answers,
 never a speed."""
 

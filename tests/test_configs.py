@@ -112,6 +112,34 @@ def test_queues_are_bounded_and_reject_and_the_classifier_warms_up(target: str) 
     assert warmup.inputs["waveform"].zero_data
 
 
+def test_cpu_batches_are_cut_at_the_preferred_size_and_gpu_batches_are_not() -> None:
+    cpu = all_configs(ModelDescription(labels=LABELS, batching=BatchingSettings.for_target("cpu")), "cpu")
+    assert list(cpu["classifier"].dynamic_batching.preferred_batch_size) == [4]
+    # Requests may still carry up to max_batch_size clips: the cut only splits what waits.
+    assert cpu["classifier"].max_batch_size == cpu["emotion"].max_batch_size == 8
+    assert not cpu["preprocess"].dynamic_batching.preferred_batch_size
+    gpu = all_configs(ModelDescription(labels=LABELS, batching=BatchingSettings.for_target("gpu")), "gpu")
+    assert not gpu["classifier"].dynamic_batching.preferred_batch_size
+    with pytest.raises(ValueError, match="preferred_batch_size"):
+        BatchingSettings(preferred_batch_size=-1)
+    for at_or_above_max in (8, 9):  # Triton rejects a preferred size above the max; at it, it is the max
+        settings = BatchingSettings(max_batch_size=8, preferred_batch_size=at_or_above_max)
+        config = all_configs(ModelDescription(labels=LABELS, batching=settings), "cpu")["classifier"]
+        assert not config.dynamic_batching.preferred_batch_size
+
+
 def test_queue_must_hold_a_batch() -> None:
     with pytest.raises(ValueError, match="max_queue_size"):
         ModelDescription(labels=LABELS, batching=BatchingSettings(max_batch_size=32, max_queue_size=8))
+
+
+def test_export_refuses_a_bad_batching_flag_before_loading_the_model(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from emotion_build.cli import main
+
+    # A model id that cannot load: reaching the loader would fail with a different message.
+    argv = ["export", "--model", str(tmp_path / "absent"), "--output", str(tmp_path / "repo")]
+    assert main([*argv, "--target", "cpu", "--preferred-batch-size", "-1"]) == 2
+    assert "preferred_batch_size must be >= 0" in capsys.readouterr().err
+    assert not (tmp_path / "repo").exists()

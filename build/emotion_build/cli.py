@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
+    from .description import BatchingSettings
     from .security import GrpcTLS, TokenAuth
 
 __all__ = ["main"]
@@ -78,6 +79,14 @@ def _parser() -> argparse.ArgumentParser:
         type=int,
         default=argparse.SUPPRESS,
         help=f"largest batch the classifier runs (default: {cpu.max_batch_size} for cpu, {gpu.max_batch_size} for gpu)",
+    )
+    export.add_argument(
+        "--preferred-batch-size",
+        type=int,
+        default=argparse.SUPPRESS,
+        help="batch the dynamic batcher cuts at when more requests wait, leaving the rest to the next free "
+        f"instance (default: {cpu.preferred_batch_size} for cpu, {gpu.preferred_batch_size} for gpu; 0 or "
+        "--max-batch-size and above: none)",
     )
     export.add_argument(
         "--max-queue-delay-us",
@@ -173,27 +182,34 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _export(args: argparse.Namespace) -> int:
+def _batching(args: argparse.Namespace) -> BatchingSettings:
+    """The export flags over the target's defaults: a flag left out takes the target's value."""
     from .description import BatchingSettings
+
+    defaults = BatchingSettings.for_target(args.target)
+    return BatchingSettings(
+        max_batch_size=getattr(args, "max_batch_size", defaults.max_batch_size),
+        preferred_batch_size=getattr(args, "preferred_batch_size", defaults.preferred_batch_size),
+        max_queue_delay_us=getattr(args, "max_queue_delay_us", defaults.max_queue_delay_us),
+        classifier_instances=getattr(args, "classifier_instances", defaults.classifier_instances),
+        preprocess_instances=args.preprocess_instances,
+        intra_op_threads=getattr(args, "intra_op_threads", defaults.intra_op_threads),
+        max_queue_size=args.max_queue_size,
+        queue_timeout_ms=args.queue_timeout_ms,
+        max_padding_fraction=defaults.max_padding_fraction,
+        keep_freed_memory_mb=getattr(args, "keep_freed_memory_mb", defaults.keep_freed_memory_mb),
+    )
+
+
+def _export(args: argparse.Namespace) -> int:
     from .export import ExportError, describe, export
     from .loading import ModelUnavailableError, load_pretrained, random_model
 
     try:
+        batching = _batching(args)  # a bad flag fails before minutes of loading and tracing
         loaded = random_model(args.random_init, seed=args.seed) if args.random_init else load_pretrained(args.model)
         if loaded.untrained:
             print(UNTRAINED_BANNER.format(source=loaded.source), file=sys.stderr, flush=True)
-        target_defaults = BatchingSettings.for_target(args.target)
-        batching = BatchingSettings(
-            max_batch_size=getattr(args, "max_batch_size", target_defaults.max_batch_size),
-            max_queue_delay_us=getattr(args, "max_queue_delay_us", target_defaults.max_queue_delay_us),
-            classifier_instances=getattr(args, "classifier_instances", target_defaults.classifier_instances),
-            preprocess_instances=args.preprocess_instances,
-            intra_op_threads=getattr(args, "intra_op_threads", target_defaults.intra_op_threads),
-            max_queue_size=args.max_queue_size,
-            queue_timeout_ms=args.queue_timeout_ms,
-            max_padding_fraction=target_defaults.max_padding_fraction,
-            keep_freed_memory_mb=getattr(args, "keep_freed_memory_mb", target_defaults.keep_freed_memory_mb),
-        )
         description = describe(
             loaded,
             batching=batching,

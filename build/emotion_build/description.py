@@ -75,11 +75,19 @@ class BatchingSettings:
 
     The defaults are the cpu target's, chosen by measurement on a 2-core CPU (docs/benchmarks.md,
     `make bench-tune`): one single-threaded classifier instance per core beats one instance on
-    every core, no queue delay (a CPU batch gains little, a delay is pure latency), and batches of
-    at most 8 run in groups of similar length. `for_target("gpu")` gives the gpu target's.
+    every core, no queue delay (a CPU batch gains little, a delay is pure latency), a waiting queue
+    cut into batches of 4 so that both instances get some, and batches (of at most 8 when a request
+    carries several clips) run in groups of similar length. `for_target("gpu")` gives the gpu target's.
     """
 
     max_batch_size: int = 8
+    preferred_batch_size: int = 4
+    """Batch the dynamic batcher cuts at when more requests wait (0, or max_batch_size and above: none).
+
+    cpu target: a one-thread instance runs a 1 s clip about a fifth faster per clip in batches of
+    4 than alone, and no faster in 8; cutting at 4 leaves the rest of a queue to the next free
+    instance instead of one instance taking it all while the other then runs single clips
+    (docs/benchmarks.md). A request may still carry up to max_batch_size clips."""
     max_queue_delay_us: int = 0
     classifier_instances: int = 2
     """cpu target: one per core, each on `intra_op_threads` threads (each holds a copy of the model)."""
@@ -105,6 +113,8 @@ class BatchingSettings:
     def __post_init__(self) -> None:
         if not self.max_padding_fraction >= 0:
             raise ValueError(f"max_padding_fraction must be >= 0 (or inf), got {self.max_padding_fraction}")
+        if self.preferred_batch_size < 0:
+            raise ValueError(f"preferred_batch_size must be >= 0 (0: none), got {self.preferred_batch_size}")
         if not 0 <= self.keep_freed_memory_mb < 2048:
             raise ValueError(f"keep_freed_memory_mb must be in [0, 2047], got {self.keep_freed_memory_mb}")
 
@@ -116,6 +126,7 @@ class BatchingSettings:
         if target in ("gpu", "gpu-python"):
             return cls(
                 max_batch_size=32,
+                preferred_batch_size=0,
                 max_queue_delay_us=2000,
                 classifier_instances=1,
                 intra_op_threads=0,
