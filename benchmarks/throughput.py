@@ -574,7 +574,8 @@ def single_requests(grpc_url: str) -> Iterator[Callable[[np.ndarray], tuple[floa
 
     def compute_ns() -> int:
         stats = client.get_inference_statistics(CLASSIFIER_MODEL, as_json=True)
-        return sum(int(model["inference_stats"]["compute_infer"]["ns"]) for model in stats["model_stats"])
+        # Protobuf's JSON leaves zeros out: a server without warmup has no "ns" before its first request.
+        return sum(int(model["inference_stats"]["compute_infer"].get("ns", 0)) for model in stats["model_stats"])
 
     def call(clip: np.ndarray) -> tuple[float, float]:
         tensor = grpcclient.InferInput(AUDIO_INPUT, [1, clip.size], "FP32")
