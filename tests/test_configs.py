@@ -115,7 +115,7 @@ def test_queues_are_bounded_and_reject_and_the_classifier_warms_up(target: str) 
 def test_cpu_batches_are_cut_at_the_preferred_size_and_gpu_batches_are_not() -> None:
     cpu = all_configs(ModelDescription(labels=LABELS, batching=BatchingSettings.for_target("cpu")), "cpu")
     assert list(cpu["classifier"].dynamic_batching.preferred_batch_size) == [4]
-    # Requests may still carry up to max_batch_size clips: the cut only splits what waits.
+    # The cut splits what waits; max_batch_size still bounds what a queue delay may gather.
     assert cpu["classifier"].max_batch_size == cpu["emotion"].max_batch_size == 8
     assert not cpu["preprocess"].dynamic_batching.preferred_batch_size
     gpu = all_configs(ModelDescription(labels=LABELS, batching=BatchingSettings.for_target("gpu")), "gpu")

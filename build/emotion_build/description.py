@@ -76,8 +76,8 @@ class BatchingSettings:
     The defaults are the cpu target's, chosen by measurement on a 2-core CPU (docs/benchmarks.md,
     `make bench-tune`): one single-threaded classifier instance per core beats one instance on
     every core, no queue delay (a CPU batch gains little, a delay is pure latency), a waiting queue
-    cut into batches of 4 so that both instances get some, and batches (of at most 8 when a request
-    carries several clips) run in groups of similar length. `for_target("gpu")` gives the gpu target's.
+    cut into batches of 4 so that both instances get some, and each batch run in groups of similar
+    length. `for_target("gpu")` gives the gpu target's.
     """
 
     max_batch_size: int = 8
@@ -85,9 +85,10 @@ class BatchingSettings:
     """Batch the dynamic batcher cuts at when more requests wait (0, or max_batch_size and above: none).
 
     cpu target: a one-thread instance runs a 1 s clip about a fifth faster per clip in batches of
-    4 than alone, and no faster in 8; cutting at 4 leaves the rest of a queue to the next free
-    instance instead of one instance taking it all while the other then runs single clips
-    (docs/benchmarks.md). A request may still carry up to max_batch_size clips."""
+    4 than alone, and only a few per cent faster in 8; cutting at 4 leaves the rest of a queue to
+    the next free instance instead of one instance taking it all while the other then runs single
+    clips (docs/benchmarks.md). Triton closes a batch at this size only without a queue delay: with
+    one, a batch waiting for a busy instance may still grow to max_batch_size."""
     max_queue_delay_us: int = 0
     classifier_instances: int = 2
     """cpu target: one per core, each on `intra_op_threads` threads (each holds a copy of the model)."""
