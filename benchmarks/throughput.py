@@ -1203,11 +1203,6 @@ def markdown(
     return "\n".join(lines)
 
 
-def cut_at(settings: BatchingSettings) -> str:
-    """The preferred batch size as the configs render it: none at 0 or at max_batch_size and above."""
-    return str(settings.preferred_batch_size) if 0 < settings.preferred_batch_size < settings.max_batch_size else "-"
-
-
 def tune_markdown(results: Sequence[TuneResult], workloads: Sequence[Workload], context: dict[str, Any]) -> str:
     concurrencies = sorted({p.setting for result in results for p in result.points})
     knobs = "| max batch | cut at | queue delay µs | instances x threads | preprocess | length groups | warmup |"
@@ -1233,7 +1228,7 @@ def tune_markdown(results: Sequence[TuneResult], workloads: Sequence[Workload], 
                     f"{point.audio_s_per_s:.2f} ({point.p50_ms:.0f} / {point.p99_ms:.0f})" if point else "failed"
                 )
         lines.append(
-            f"| {b.max_batch_size} | {cut_at(b)} | {b.max_queue_delay_us} "
+            f"| {b.max_batch_size} | {b.cut or '-'} | {b.max_queue_delay_us} "
             f"| {b.classifier_instances} x {b.intra_op_threads} | {b.preprocess_instances} | {groups} "
             f"| {b.warmup_count} | " + " | ".join(cells) + f" | {result.first[0][1]:.0f} |"
         )
@@ -1562,7 +1557,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             if args.server_url
             else f"pip tritonserver {find_tritonserver().version}, {target} target ({runner}), {provenance.dtype}, "
             f"max batch {settings.max_batch_size}"
-            + (f" (a longer queue cut at {cut_at(settings)})" if cut_at(settings) != "-" else "")
+            + (f" (a longer queue cut at {settings.cut})" if settings.cut else "")
             + f", queue delay {settings.max_queue_delay_us} µs, "
             f"{settings.classifier_instances} classifier instance(s){threads}, "
             f"{settings.preprocess_instances} preprocess instances, {grouping}"

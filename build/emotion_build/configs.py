@@ -97,8 +97,8 @@ def classifier_config(description: ModelDescription, target: Target) -> mc.Model
     )
     _class_outputs(config, description, with_labels=False)
     config.dynamic_batching.max_queue_delay_microseconds = batching.max_queue_delay_us
-    if 0 < batching.preferred_batch_size < batching.max_batch_size:  # at max_batch_size it is Triton's own cut
-        config.dynamic_batching.preferred_batch_size.append(batching.preferred_batch_size)
+    if batching.cut is not None:
+        config.dynamic_batching.preferred_batch_size.append(batching.cut)
     _queue_policy(config, description)
     _warmup(config, description, WAVEFORM)
     if target == "gpu":

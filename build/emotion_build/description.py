@@ -119,6 +119,12 @@ class BatchingSettings:
         if not 0 <= self.keep_freed_memory_mb < 2048:
             raise ValueError(f"keep_freed_memory_mb must be in [0, 2047], got {self.keep_freed_memory_mb}")
 
+    @property
+    def cut(self) -> int | None:
+        """The preferred batch size Triton is given: none at 0, nor at max_batch_size and above
+        (Triton refuses a preferred size above the max, and at the max it cuts there anyway)."""
+        return self.preferred_batch_size if 0 < self.preferred_batch_size < self.max_batch_size else None
+
     @classmethod
     def for_target(cls, target: Target) -> BatchingSettings:
         """The defaults of one target. Both GPU targets take bigger batches, a 2 ms delay and one
