@@ -1217,7 +1217,7 @@ def tune_markdown(results: Sequence[TuneResult], workloads: Sequence[Workload], 
         "|---:|---:|---:|---|---:|---|---:|" + "---:|" * (len(workloads) * len(concurrencies) + 1),
     ]
     notes = []
-    for result in results:
+    for row, result in enumerate(results, start=1):
         b = result.settings
         groups = "whole batch" if math.isinf(b.max_padding_fraction) else f"≤ {b.max_padding_fraction:g} padding"
         cells = []
@@ -1233,7 +1233,8 @@ def tune_markdown(results: Sequence[TuneResult], workloads: Sequence[Workload], 
             f"| {b.warmup_count} | " + " | ".join(cells) + f" | {result.first[0][1]:.0f} |"
         )
         notes += [
-            f"max batch {b.max_batch_size}, {b.classifier_instances} x {b.intra_op_threads}: {f}"
+            # Several rows share max batch and instances (the cut, the delay, ...): the row number tells them apart.
+            f"row {row}, max batch {b.max_batch_size}, {b.classifier_instances} x {b.intra_op_threads}: {f}"
             for f in result.failures
         ]
     loads = [p.load for result in results for p in result.points] or [0.0]
