@@ -67,21 +67,29 @@ def valid_mask(steps: Tensor, lengths: Tensor) -> Tensor:
 def clip_group_norm(hidden: Tensor, valid_frames: Tensor, weight: Tensor, bias: Tensor, eps: float) -> Tensor:
     """The first conv layer's group norm (one group per channel) over each clip's valid frames, in float32.
 
-    When every clip fills the batch (one clip alone, or equal lengths) that is plain group norm,
-    and the fused kernel is what Hugging Face runs: about 8 % of a clip's CPU time less than the
-    masked sums below (docs/benchmarks.md). Scripted so the choice is made per batch at run time.
+    Every clip goes through the fused kernel Hugging Face runs, on its own frames: when all clips
+    fill the batch that is one call, otherwise one call per clip, the padded tail set to zero (the
+    later conv layers never carry it into a kept frame, but it must be finite: the frame mask
+    multiplies it). Each clip's output is then the very sum it would get alone. The masked sums
+    this replaced made about ten passes over the batch's largest tensor (512 channels x 3,200
+    frames per second of audio): 5x the time of the per-clip calls on ragged CPU batches
+    (docs/benchmarks.md, item 7). One host read of the lengths per batch; `pad_ragged` already
+    reads the longest. Scripted so the branch and the loop stay dynamic in the export.
     """
     wide = hidden.float()
+    wide_weight, wide_bias = weight.float(), bias.float()
+    channels = hidden.shape[1]
     if bool((valid_frames == hidden.shape[-1]).all()):
-        fused: Tensor = torch.group_norm(wide, hidden.shape[1], weight.float(), bias.float(), eps)
+        fused: Tensor = torch.group_norm(wide, channels, wide_weight, wide_bias, eps)
         return fused
-    mask: Tensor = valid_mask(hidden, valid_frames).unsqueeze(1).to(torch.float32)
-    count = mask.sum(dim=-1, keepdim=True)
-    mean = (wide * mask).sum(dim=-1, keepdim=True) / count
-    centred = wide - mean
-    variance = (centred * centred * mask).sum(dim=-1, keepdim=True) / count
-    normed = centred * torch.rsqrt(variance + eps)
-    return normed * weight.float().view(1, -1, 1) + bias.float().view(1, -1, 1)
+    normed = torch.empty_like(wide)
+    counts: list[int] = valid_frames.tolist()
+    for row, count in enumerate(counts):
+        normed[row, :, :count] = torch.group_norm(
+            wide[row : row + 1, :, :count], channels, wide_weight, wide_bias, eps
+        )[0]
+        normed[row, :, count:] = 0.0
+    return normed
 
 
 @torch.jit.script
