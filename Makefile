@@ -7,7 +7,7 @@ APT_PACKAGES := espeak-ng sox libb64-0d libsndfile1 openssl
 REPOSITORY ?= model_repository
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: demo test lint typecheck setup system-deps repository serve bench bench-quick bench-tune bench-fp16 bench-drift clean
+.PHONY: demo test lint typecheck setup system-deps repository serve bench bench-quick bench-tune bench-fp16 bench-drift bench-overhead clean
 
 demo: setup  ## export (real weights when reachable), serve on CPU, classify samples/, stop
 	$(BIN)/python -m emotion_build demo --model-repository $(REPOSITORY) --samples samples
@@ -54,6 +54,9 @@ bench-tune: setup  ## dynamic-batching settings measured one server at a time (~
 
 bench-fp16: setup  ## parity of a half-precision export against fp32 on speech (~4 min on CPUs with fp16 units, far longer without)
 	$(BIN)/python benchmarks/fp16_parity.py
+
+bench-overhead: setup  ## what the serving path costs per request with no model behind it: a GPU server's CPU side (~3 min)
+	$(BIN)/python benchmarks/serving_overhead.py $(BENCH_ARGS)
 
 bench-drift: setup  ## how far HF's padded batch moves each clip's answer, next to ours
 	$(BIN)/python benchmarks/batch_drift.py

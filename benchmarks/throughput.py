@@ -84,6 +84,7 @@ MARKERS = {
     "fp16-gpu": ("<!-- fp16-gpu:begin -->", "<!-- fp16-gpu:end -->"),
     "jit": ("<!-- jit:begin -->", "<!-- jit:end -->"),
     "jit-gpu": ("<!-- jit-gpu:begin -->", "<!-- jit-gpu:end -->"),
+    "overhead": ("<!-- overhead:begin -->", "<!-- overhead:end -->"),
 }
 TARGETS = {"served_vs_inprocess": 0.9, "served_vs_hf": 1.0, "added_latency_ms": 5.0}
 GPU_TARGET = {"audio_s_per_s": 10_000.0, "p99_ms": 100.0}

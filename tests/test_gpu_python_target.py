@@ -44,7 +44,7 @@ def test_gpu_python_classifier_is_the_cpu_runner_on_kind_gpu() -> None:
 def test_gpu_targets_share_the_gpu_batching_defaults() -> None:
     gpu = BatchingSettings.for_target("gpu")
     assert BatchingSettings.for_target("gpu-python") == gpu
-    assert gpu.classifier_instances == 1
+    assert gpu.classifier_instances == 2  # one instance stalled 500 ms at a time under concurrency
     assert gpu.max_batch_size > BatchingSettings.for_target("cpu").max_batch_size
     assert gpu.keep_freed_memory_mb == 0 < BatchingSettings.for_target("cpu").keep_freed_memory_mb
 

@@ -127,15 +127,19 @@ class BatchingSettings:
 
     @classmethod
     def for_target(cls, target: Target) -> BatchingSettings:
-        """The defaults of one target. Both GPU targets take bigger batches, a 2 ms delay and one
-        instance, and run a batch whole: a GPU pays for padding far less than for more launches.
-        Their runner's host memory is small inputs and outputs, so it leaves malloc as it is."""
+        """The defaults of one target. Both GPU targets take bigger batches and a 2 ms delay, and
+        run a batch whole: a GPU pays for padding far less than for more launches. They run two
+        instances: with one, the pip tritonserver's dynamic batcher left requests queued for 500 ms
+        (its idle wait) every second or so whenever a batch took milliseconds and two or more
+        requests were in flight, and two instances also overlap one batch's host work with the
+        other's compute (docs/benchmarks.md, "GPU"). Their runner's host memory is small inputs and
+        outputs, so it leaves malloc as it is."""
         if target in ("gpu", "gpu-python"):
             return cls(
                 max_batch_size=32,
                 preferred_batch_size=0,
                 max_queue_delay_us=2000,
-                classifier_instances=1,
+                classifier_instances=2,
                 intra_op_threads=0,
                 max_padding_fraction=math.inf,
                 keep_freed_memory_mb=0,
