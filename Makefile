@@ -55,7 +55,7 @@ bench-tune: setup  ## dynamic-batching settings measured one server at a time (~
 bench-fp16: setup  ## parity of a half-precision export against fp32 on speech (~4 min on CPUs with fp16 units, far longer without)
 	$(BIN)/python benchmarks/fp16_parity.py
 
-bench-overhead: setup  ## what the serving path costs per request with no model behind it: a GPU server's CPU side (~3 min)
+bench-overhead: setup  ## what the serving path costs per request with no model behind it: a GPU server's CPU side (~7 min)
 	$(BIN)/python benchmarks/serving_overhead.py $(BENCH_ARGS)
 
 bench-drift: setup  ## how far HF's padded batch moves each clip's answer, next to ours

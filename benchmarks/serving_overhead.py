@@ -13,7 +13,7 @@ Those stalls hit a fraction of a percent of requests, below perf_analyzer's p99,
 counts them: synchronous clients in threads, as a service calls the server, and every request
 over 400 ms.
 
-    python benchmarks/serving_overhead.py                   # 1 s, 4 s, 10 s clips at c=8 and 32, about 5 min
+    python benchmarks/serving_overhead.py                   # 1 s, 4 s, 10 s clips at c=8 and 32, about 7 min
 
 The table goes between the `overhead` markers of docs/benchmarks.md.
 """
