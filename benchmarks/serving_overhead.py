@@ -35,7 +35,16 @@ from pathlib import Path
 import numpy as np
 import torch
 import tritonclient.grpc as grpcclient
-from throughput import REPO_ROOT, Workload, log, machine_name, make_workloads, perf_analyzer_point, write_section
+from throughput import (
+    REPO_ROOT,
+    Workload,
+    group_processes,
+    log,
+    machine_name,
+    make_workloads,
+    perf_analyzer_point,
+    write_section,
+)
 
 from emotion_build.description import BatchingSettings
 from emotion_build.export import describe, export
@@ -89,17 +98,10 @@ def role_of(command: str) -> str | None:
 def cpu_by_role(pgid: int) -> dict[str, float]:
     """CPU seconds so far of the server's processes, by what each one does; plus reaped children."""
     seconds = dict.fromkeys(ROLES, 0.0)
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        try:
-            fields = stat.read_text().rsplit(")", 1)[1].split()
-            if int(fields[2]) != pgid:
-                continue
-            command = (stat.parent / "cmdline").read_text().replace("\0", " ")
-        except (OSError, IndexError, ValueError):
-            continue
+    for command, cpu_s in group_processes(pgid):
         role = role_of(command)
         if role is not None:
-            seconds[role] += (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+            seconds[role] += cpu_s
     usage = resource.getrusage(resource.RUSAGE_CHILDREN)  # perf_analyzer, once it has exited
     seconds["perf_analyzer"] = usage.ru_utime + usage.ru_stime
     return seconds

@@ -166,17 +166,23 @@ def percentiles_ms(latencies_s: Sequence[float]) -> tuple[float, float, float]:
     return float(p50), float(p95), float(p99)
 
 
-def group_cpu_s(pgid: int) -> float:
-    """CPU seconds used so far by every live process of a process group (tritonserver and its stubs)."""
-    ticks = 0
+def group_processes(pgid: int) -> Iterator[tuple[str, float]]:
+    """Command line and CPU seconds so far of every live process of a process group (tritonserver
+    and its stubs)."""
     for stat in Path("/proc").glob("[0-9]*/stat"):
         try:
             fields = stat.read_text().rsplit(")", 1)[1].split()
-        except (OSError, IndexError):
+            if int(fields[2]) != pgid:
+                continue
+            command = (stat.parent / "cmdline").read_text().replace("\0", " ")
+        except (OSError, IndexError, ValueError):
             continue
-        if int(fields[2]) == pgid:
-            ticks += int(fields[11]) + int(fields[12])
-    return ticks / os.sysconf("SC_CLK_TCK")
+        yield command, (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def group_cpu_s(pgid: int) -> float:
+    """CPU seconds used so far by every live process of a process group."""
+    return sum(seconds for _, seconds in group_processes(pgid))
 
 
 def children_cpu_s() -> float:

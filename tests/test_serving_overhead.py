@@ -17,9 +17,8 @@ def test_processes_are_told_apart_by_the_model_their_stub_runs() -> None:
     stub = "triton_python_backend_stub /tmp/r/{}/1/model.py triton_python_backend_shm_region_1 1048576"
     assert role_of(stub.format("preprocess")) == "preprocess"
     assert role_of(stub.format("classifier")) == "classifier runner"
-    assert role_of(
-        "/venv/lib/python3.11/site-packages/pytriton/tritonserver/bin/tritonserver --model-repository=/r"
-    ) == ("server")
+    server = "/venv/lib/python3.11/site-packages/pytriton/tritonserver/bin/tritonserver --model-repository=/r"
+    assert role_of(server) == "server"
     assert role_of("python benchmarks/serving_overhead.py") is None
 
 

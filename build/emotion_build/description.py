@@ -129,9 +129,9 @@ class BatchingSettings:
     def for_target(cls, target: Target) -> BatchingSettings:
         """The defaults of one target. Both GPU targets take bigger batches and a 2 ms delay, and
         run a batch whole: a GPU pays for padding far less than for more launches. They run two
-        instances: with one, the pip tritonserver's dynamic batcher left requests queued for 500 ms
-        (its idle wait) every second or so whenever a batch took milliseconds and two or more
-        requests were in flight, and two instances also overlap one batch's host work with the
+        instances: with one, the pip tritonserver's dynamic batcher left a request queued for 500 ms
+        (its idle wait) now and then whenever batches took milliseconds and two or more requests
+        were in flight (none with two), and two instances also overlap one batch's host work with the
         other's compute (docs/benchmarks.md, "GPU"). Their runner's host memory is small inputs and
         outputs, so it leaves malloc as it is."""
         if target in ("gpu", "gpu-python"):
