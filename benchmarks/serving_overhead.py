@@ -46,12 +46,11 @@ from throughput import (
     write_section,
 )
 
-from emotion_build.description import BatchingSettings
+from emotion_build.description import AUDIO_INPUT, ENSEMBLE_MODEL, BatchingSettings
 from emotion_build.export import describe, export
 from emotion_build.loading import random_model
 from emotion_build.server import TritonServer
 
-ENSEMBLE = "emotion"
 ROLES = ("server", "preprocess", "classifier runner", "perf_analyzer")
 
 
@@ -147,10 +146,10 @@ def stall_probe(
         while time.perf_counter() < deadline:
             audio = workload.clips[index % len(workload.clips)][None, :]
             index += 1
-            request = grpcclient.InferInput("audio", list(audio.shape), "FP32")
+            request = grpcclient.InferInput(AUDIO_INPUT, list(audio.shape), "FP32")
             request.set_data_from_numpy(audio)
             start = time.perf_counter()
-            connection.infer(ENSEMBLE, [request])
+            connection.infer(ENSEMBLE_MODEL, [request])
             with lock:
                 latencies.append(time.perf_counter() - start)
 
@@ -175,7 +174,7 @@ def measure(
     server: TritonServer, instances: int, workload: Workload, concurrency: int, *, point_s: float, scratch: Path
 ) -> OverheadPoint:
     client = grpcclient.InferenceServerClient(server.endpoints.grpc_url)
-    cpu_before, served_before = cpu_by_role(server.pid), served_requests(client, ENSEMBLE)
+    cpu_before, served_before = cpu_by_role(server.pid), served_requests(client, ENSEMBLE_MODEL)
     point = perf_analyzer_point(
         server.endpoints.grpc_url,
         workload,
@@ -185,7 +184,7 @@ def measure(
         budget_s=point_s,
         server_pgid=None,
     )
-    cpu_after, served_after = cpu_by_role(server.pid), served_requests(client, ENSEMBLE)
+    cpu_after, served_after = cpu_by_role(server.pid), served_requests(client, ENSEMBLE_MODEL)
     # The CPU of the whole perf_analyzer run (windows, ramp-up, drain) over every request it sent.
     requests = max(served_after - served_before, 1)
     per_request = {role: (cpu_after[role] - cpu_before[role]) * 1000.0 / requests for role in ROLES}
@@ -273,7 +272,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
-    batching = BatchingSettings.for_target("gpu" if args.batching == "gpu" else "cpu")
+    batching = BatchingSettings.for_target(args.batching)
     workloads, clips = make_workloads(args.workloads, clips_per_length=8, mixed_count=16)
     points = []
     with tempfile.TemporaryDirectory() as scratch:
