@@ -133,12 +133,33 @@ def settled_counts(url: str, model: str, *, headers: Mapping[str, str] | None = 
     return previous
 
 
-def rss_kib(pid: int) -> int:
-    """Resident set size of a live process, from /proc/<pid>/status (VmRSS, in KiB)."""
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1])
-    raise AssertionError(f"/proc/{pid}/status has no VmRSS line (a zombie?)")
+@dataclasses.dataclass(frozen=True)
+class Resident:
+    """A live process's resident memory, from /proc/<pid>/smaps_rollup, in KiB.
+
+    RSS counts a shared page in full in every process that maps it, and once per mapping: the
+    Python backend's /dev/shm region is mapped by both tritonserver and the stub, and each time the
+    region grows both map it again whole and keep the old mapping (python_backend's
+    `old_shm_maps_`), so pages touched through both count twice. PSS divides each page among its
+    mappings, so PSS summed over a process group counts every page it holds exactly once.
+    """
+
+    rss_kib: int
+    pss_kib: int
+    shmem_rss_kib: int
+    """RSS of shared memory (the stubs' /dev/shm regions), counted per mapping."""
+
+
+def resident(pid: int) -> Resident:
+    def fields(name: str) -> dict[str, int]:
+        lines = Path(f"/proc/{pid}/{name}").read_text().splitlines()
+        pairs = (line.partition(":") for line in lines)
+        return {key: int(value.split()[0]) for key, _, value in pairs if value.strip().endswith("kB")}
+
+    rollup, status = fields("smaps_rollup"), fields("status")
+    if "Pss" not in rollup or "VmRSS" not in status:
+        raise AssertionError(f"/proc/{pid} has no resident memory (a zombie?)")
+    return Resident(rss_kib=status["VmRSS"], pss_kib=rollup["Pss"], shmem_rss_kib=status["RssShmem"])
 
 
 # ------------------------------------------------------------------------------------------------
