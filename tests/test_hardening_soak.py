@@ -9,11 +9,11 @@ A 2 MiB growth of a region then read as +17 MiB of RSS; summed PSS counts each p
 
 The server runs with `MALLOC_MMAP_THRESHOLD_=131072`, so that every buffer of 128 KiB or more (all
 audio and activations) is its own mapping, returned to the kernel when freed: resident memory
-then follows the memory in use and a leak shows. With glibc's default, whose threshold climbs to 32 MiB after the
-first large frees, freed activation buffers stay in the heap: the classifier stub climbs from about
-570 to 820 MiB over the first minutes as batch shapes vary and then wanders by +-50 MiB, which is
-retention, not a leak, and hides any leak smaller than that (docs/hardening.md has the numbers,
-and the throughput the setting costs). The cpu runner's own `keep_freed_memory_mb` retention
+then follows the memory in use and a leak shows. With glibc's default, whose threshold climbs to
+32 MiB after the first large frees, freed activation buffers stay in the heap: the classifier stub
+climbs from about 570 to 820 MiB over the first minutes as batch shapes vary and then wanders by
++-50 MiB, which is retention, not a leak, and hides any leak smaller than that (docs/hardening.md
+has the numbers, and the throughput the setting costs). The cpu runner's own `keep_freed_memory_mb` retention
 (triton_models/heap.py) gives way to that environment variable, which the test checks in the log.
 """
 
@@ -57,6 +57,14 @@ def processes(server: TritonServer) -> dict[str, int]:
     names = {"tritonserver": server.pid}
     names.update({stub.instance: stub.pid for stub in server.python_stubs()})
     return names
+
+
+def total(memory: dict[str, Resident]) -> Resident:
+    return Resident(
+        rss_kib=sum(m.rss_kib for m in memory.values()),
+        pss_kib=sum(m.pss_kib for m in memory.values()),
+        shmem_rss_kib=sum(m.shmem_rss_kib for m in memory.values()),
+    )
 
 
 def region_mib(server: TritonServer) -> dict[str, float]:
@@ -164,33 +172,20 @@ def test_soak_has_no_errors_and_bounded_memory_growth(soak_server: TritonServer,
     def growth(kib: float) -> str:
         return f"{kib / 1024:+.1f}"
 
-    rows: list[tuple[object, ...]] = [
-        (
+    def row(name: str, start: Resident, end: Resident) -> tuple[object, ...]:
+        return (
             name,
-            mib(first[name].rss_kib),
-            growth(last[name].rss_kib - first[name].rss_kib),
-            growth(last[name].shmem_rss_kib - first[name].shmem_rss_kib),
-            mib(first[name].pss_kib),
-            mib(last[name].pss_kib),
-            growth(last[name].pss_kib - first[name].pss_kib),
+            mib(start.rss_kib),
+            growth(end.rss_kib - start.rss_kib),
+            growth(end.shmem_rss_kib - start.shmem_rss_kib),
+            mib(start.pss_kib),
+            mib(end.pss_kib),
+            growth(end.pss_kib - start.pss_kib),
         )
-        for name in pids
-    ]
-    start_rss, end_rss = (sum(r.rss_kib for r in at.values()) for at in (first, last))
-    start_pss, end_pss = (sum(r.pss_kib for r in at.values()) for at in (first, last))
-    growth_mib = (end_pss - start_pss) / 1024
-    shmem_growth = sum(last[name].shmem_rss_kib - first[name].shmem_rss_kib for name in pids)
-    rows.append(
-        (
-            "total",
-            mib(start_rss),
-            growth(end_rss - start_rss),
-            growth(shmem_growth),
-            mib(start_pss),
-            mib(end_pss),
-            growth(end_pss - start_pss),
-        )
-    )
+
+    first_total, last_total = total(first), total(last)
+    rows = [row(name, first[name], last[name]) for name in pids] + [row("total", first_total, last_total)]
+    growth_mib = (last_total.pss_kib - first_total.pss_kib) / 1024
     requests = sum(load.outcomes.values())
     served_mib = load.served_bytes / 2**20
     every = samples[:: max(1, len(samples) // 10)]
@@ -219,7 +214,7 @@ def test_soak_has_no_errors_and_bounded_memory_growth(soak_server: TritonServer,
         tried=requests,
         as_expected=load.outcomes["served right"],
         lost=errors,
-        note=f"PSS {start_pss / 1024:.0f} -> {end_pss / 1024:.0f} MiB ({growth_mib:+.1f}) "
+        note=f"PSS {first_total.pss_kib / 1024:.0f} -> {last_total.pss_kib / 1024:.0f} MiB ({growth_mib:+.1f}) "
         f"over {served_mib:.0f} MiB of audio",
     )
     assert errors == 0, (warmup.outcomes, load.outcomes)
