@@ -46,10 +46,10 @@ SHM_DIR = Path("/dev/shm")
 GROWTH_BOUND_MIB = 32.0
 """Total PSS growth allowed from the end of the warm-up to the end of the soak, all processes.
 Measured as RSS over 60 s: -7 to +37 MiB, the top of it a shared-memory region's growth counted
-over again by RSS (see above); as PSS, -0.4 to +3.8 MiB in three runs. Leaking each request's
-audio once would exceed it after some 70 requests of the average clip; being absolute, the bound
-gets stricter per request the longer the soak: 30 minutes (~30k requests) catch a leak of about
-1 KiB per request."""
+over again by RSS (see above); as PSS, -0.4 to +10.1 MiB (the top inside `make test`). Leaking
+each request's audio once would exceed it after some 70 requests of the average clip; being
+absolute, the bound gets stricter per request the longer the soak: 30 minutes (~30k requests)
+catch a leak of about 1 KiB per request."""
 
 
 def processes(server: TritonServer) -> dict[str, int]:
