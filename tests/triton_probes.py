@@ -133,9 +133,9 @@ def settled_counts(url: str, model: str, *, headers: Mapping[str, str] | None = 
     return previous
 
 
-@dataclasses.dataclass(frozen=True)
+@dataclasses.dataclass(frozen=True, slots=True)
 class Resident:
-    """A live process's resident memory, from /proc/<pid>/smaps_rollup, in KiB.
+    """A live process's resident memory, from /proc/<pid>/status and smaps_rollup, in KiB.
 
     RSS counts a shared page in full in every process that maps it, and once per mapping: the
     Python backend's /dev/shm region is mapped by both tritonserver and the stub, and each time the
