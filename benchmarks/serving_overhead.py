@@ -143,15 +143,18 @@ def stall_probe(
     def client(offset: int) -> None:
         connection = grpcclient.InferenceServerClient(url)
         index = offset
-        while time.perf_counter() < deadline:
-            audio = workload.clips[index % len(workload.clips)][None, :]
-            index += 1
-            request = grpcclient.InferInput(AUDIO_INPUT, list(audio.shape), "FP32")
-            request.set_data_from_numpy(audio)
-            start = time.perf_counter()
-            connection.infer(ENSEMBLE_MODEL, [request])
-            with lock:
-                latencies.append(time.perf_counter() - start)
+        try:
+            while time.perf_counter() < deadline:
+                audio = workload.clips[index % len(workload.clips)][None, :]
+                index += 1
+                request = grpcclient.InferInput(AUDIO_INPUT, list(audio.shape), "FP32")
+                request.set_data_from_numpy(audio)
+                start = time.perf_counter()
+                connection.infer(ENSEMBLE_MODEL, [request])
+                with lock:
+                    latencies.append(time.perf_counter() - start)
+        finally:
+            connection.close()
 
     threads = [threading.Thread(target=client, args=(k,)) for k in range(clients)]
     for thread in threads:
@@ -174,17 +177,20 @@ def measure(
     server: TritonServer, instances: int, workload: Workload, concurrency: int, *, point_s: float, scratch: Path
 ) -> OverheadPoint:
     client = grpcclient.InferenceServerClient(server.endpoints.grpc_url)
-    cpu_before, served_before = cpu_by_role(server.pid), served_requests(client, ENSEMBLE_MODEL)
-    point = perf_analyzer_point(
-        server.endpoints.grpc_url,
-        workload,
-        concurrency,
-        scratch=scratch,
-        expected_clips_per_s=1000.0,
-        budget_s=point_s,
-        server_pgid=None,
-    )
-    cpu_after, served_after = cpu_by_role(server.pid), served_requests(client, ENSEMBLE_MODEL)
+    try:
+        cpu_before, served_before = cpu_by_role(server.pid), served_requests(client, ENSEMBLE_MODEL)
+        point = perf_analyzer_point(
+            server.endpoints.grpc_url,
+            workload,
+            concurrency,
+            scratch=scratch,
+            expected_clips_per_s=1000.0,
+            budget_s=point_s,
+            server_pgid=None,
+        )
+        cpu_after, served_after = cpu_by_role(server.pid), served_requests(client, ENSEMBLE_MODEL)
+    finally:
+        client.close()
     # The CPU of the whole perf_analyzer run (windows, ramp-up, drain) over every request it sent.
     requests = max(served_after - served_before, 1)
     per_request = {role: (cpu_after[role] - cpu_before[role]) * 1000.0 / requests for role in ROLES}
