@@ -662,6 +662,11 @@ def paired_c1(
     return paired
 
 
+def system_names(system: str | tuple[str, ...]) -> tuple[str, ...]:
+    """One system's name, or several to choose from (the HF pipeline's two rows), as a tuple."""
+    return (system,) if isinstance(system, str) else system
+
+
 def contenders(points: Sequence[Point], system: str | tuple[str, ...], workload: str) -> tuple[Point, ...]:
     """The sweep's best setting of `system` and the one beside it (the next larger, else the next
     smaller; for the HF pipeline its other row), both of which the rounds measure again.
@@ -670,7 +675,7 @@ def contenders(points: Sequence[Point], system: str | tuple[str, ...], workload:
     setting the sweep misjudged never got its chance (2026-11-26: served 1 s at c=8 measured 6.00
     audio-s/s once, so every round ran c=4). Each system gets two, so that taking the faster of two
     noisy figures favours none of them."""
-    systems = (system,) if isinstance(system, str) else system
+    systems = system_names(system)
     ranked = sorted(
         (p for p in points if p.system in systems and p.workload == workload),
         key=lambda p: (systems.index(p.system), p.setting),
@@ -684,7 +689,7 @@ def contenders(points: Sequence[Point], system: str | tuple[str, ...], workload:
 
 def fastest_per_round(measured: Sequence[tuple[Point, ...]], system: str | tuple[str, ...]) -> tuple[Point, ...]:
     """Each round's fastest point of `system` among that round's measurements."""
-    systems = (system,) if isinstance(system, str) else system
+    systems = system_names(system)
     return tuple(max((p for p in row if p.system in systems), key=lambda p: p.audio_s_per_s) for row in measured)
 
 
@@ -1041,7 +1046,7 @@ def gpu_target_notes(points: Sequence[Point], workloads: Sequence[Workload]) -> 
 
 def best(points: Sequence[Point], system: str | tuple[str, ...], workload: str) -> Point | None:
     """The fastest point of `workload` among those of `system` (one name, or several to choose from)."""
-    systems = (system,) if isinstance(system, str) else system
+    systems = system_names(system)
     candidates = [p for p in points if p.system in systems and p.workload == workload]
     return max(candidates, key=lambda p: p.audio_s_per_s) if candidates else None
 
