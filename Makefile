@@ -46,7 +46,7 @@ serve: setup
 bench: setup  ## HF pipeline vs in-process TorchScript vs served ensemble -> docs/benchmarks.md + .png (~40 min)
 	$(BIN)/python benchmarks/throughput.py $(BENCH_ARGS)
 
-bench-quick: setup  ## the same with short windows and fewer points (~10 min)
+bench-quick: setup  ## the same with short windows and fewer points (~14 min)
 	$(BIN)/python benchmarks/throughput.py --quick $(BENCH_ARGS)
 
 bench-tune: setup  ## dynamic-batching settings measured one server at a time (~12 min)

@@ -20,7 +20,7 @@ It writes the tables into docs/benchmarks.md (between its `throughput` markers) 
 throughput and p99 latency against concurrency to docs/benchmarks.png.
 
     make bench                                       # the full run (about 40 min on 2 CPU cores)
-    python benchmarks/throughput.py --quick          # about 10 min: fewer points, shorter windows
+    python benchmarks/throughput.py --quick          # about 14 min: fewer points, shorter windows
     python benchmarks/throughput.py --tune           # dynamic-batching settings, one server each
     # a GPU machine: the pip tritonserver serves a gpu-python export (fp16) it makes itself
     python benchmarks/throughput.py --device cuda
@@ -1372,7 +1372,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--model", help="HF id or directory (default: random-init wav2vec2-base)")
     parser.add_argument("--random-init", choices=("tiny", "base"), default="base", help="without --model")
     parser.add_argument(
-        "--quick", action="store_true", help="short windows and fewer points (about 10 min on 2 CPU cores)"
+        "--quick", action="store_true", help="short windows and fewer points (about 14 min on 2 CPU cores)"
     )
     parser.add_argument("--tune", action="store_true", help="only sweep dynamic-batching settings (a server each)")
     parser.add_argument("--tune-only", type=int, nargs="+", help="indices of the tuning candidates to run")
