@@ -1046,9 +1046,8 @@ def gpu_target_notes(points: Sequence[Point], workloads: Sequence[Workload]) -> 
 
 def best(points: Sequence[Point], system: str | tuple[str, ...], workload: str) -> Point | None:
     """The fastest point of `workload` among those of `system` (one name, or several to choose from)."""
-    systems = system_names(system)
-    candidates = [p for p in points if p.system in systems and p.workload == workload]
-    return max(candidates, key=lambda p: p.audio_s_per_s) if candidates else None
+    found = contenders(points, system, workload)
+    return found[0] if found else None
 
 
 def at(points: Sequence[Point], system: str, workload: str, setting: int) -> Point | None:
