@@ -141,9 +141,8 @@ def stall_probe(
     deadline = time.perf_counter() + duration_s
 
     def client(offset: int) -> None:
-        connection = grpcclient.InferenceServerClient(url)
         index = offset
-        try:
+        with grpcclient.InferenceServerClient(url) as connection:
             while time.perf_counter() < deadline:
                 audio = workload.clips[index % len(workload.clips)][None, :]
                 index += 1
@@ -153,8 +152,6 @@ def stall_probe(
                 connection.infer(ENSEMBLE_MODEL, [request])
                 with lock:
                     latencies.append(time.perf_counter() - start)
-        finally:
-            connection.close()
 
     threads = [threading.Thread(target=client, args=(k,)) for k in range(clients)]
     for thread in threads:
@@ -176,8 +173,7 @@ def served_requests(client: grpcclient.InferenceServerClient, model: str) -> int
 def measure(
     server: TritonServer, instances: int, workload: Workload, concurrency: int, *, point_s: float, scratch: Path
 ) -> OverheadPoint:
-    client = grpcclient.InferenceServerClient(server.endpoints.grpc_url)
-    try:
+    with grpcclient.InferenceServerClient(server.endpoints.grpc_url) as client:
         cpu_before, served_before = cpu_by_role(server.pid), served_requests(client, ENSEMBLE_MODEL)
         point = perf_analyzer_point(
             server.endpoints.grpc_url,
@@ -189,8 +185,6 @@ def measure(
             server_pgid=None,
         )
         cpu_after, served_after = cpu_by_role(server.pid), served_requests(client, ENSEMBLE_MODEL)
-    finally:
-        client.close()
     # The CPU of the whole perf_analyzer run (windows, ramp-up, drain) over every request it sent.
     requests = max(served_after - served_before, 1)
     per_request = {role: (cpu_after[role] - cpu_before[role]) * 1000.0 / requests for role in ROLES}
