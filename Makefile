@@ -20,7 +20,7 @@ lint: setup
 	$(BIN)/ruff format --check build client tests benchmarks
 
 typecheck: setup
-	$(BIN)/mypy build/emotion_build client/emotion_client
+	$(BIN)/mypy build/emotion_build client/emotion_client benchmarks
 
 setup: system-deps $(BIN)/.installed
 

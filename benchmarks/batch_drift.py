@@ -24,7 +24,7 @@ import torch
 
 from emotion_build.export import trace
 from emotion_build.loading import load_pretrained, random_model
-from emotion_build.triton_models.waveform import normalise
+from emotion_build.triton_models.waveform import FloatArray, normalise
 
 SENTENCES = (
     "Please hold while I transfer your call.",
@@ -34,7 +34,7 @@ SENTENCES = (
 )
 
 
-def speech_clips(lengths_s: list[float], sample_rate: int) -> tuple[list[np.ndarray], str]:
+def speech_clips(lengths_s: list[float], sample_rate: int) -> tuple[list[FloatArray], str]:
     """espeak-ng sentences cut to each length, or seeded noise where espeak-ng is not installed."""
     rng = np.random.default_rng(0)
     if shutil.which("espeak-ng") is None:

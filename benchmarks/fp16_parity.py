@@ -30,7 +30,7 @@ from throughput import REPO_ROOT, machine_name, write_section
 from emotion_build.export import FP16_PROBABILITY_TOLERANCE, conv_form_for, trace
 from emotion_build.loading import load_pretrained, random_model
 from emotion_build.triton_models.ragged import concatenate
-from emotion_build.triton_models.waveform import normalise
+from emotion_build.triton_models.waveform import FloatArray, normalise
 
 RATE = 16000
 VOICES = ("en", "en+f3", "en+m3", "en-us", "en+f2", "en+m1", "en-gb", "en+f4")
@@ -47,7 +47,7 @@ SENTENCES = (
 TOP1_TARGET = 0.99
 
 
-def speech(count: int, seed: int) -> list[np.ndarray]:
+def speech(count: int, seed: int) -> list[FloatArray]:
     if shutil.which("espeak-ng") is None:
         sys.exit("espeak-ng is needed for speech clips: apt-get install espeak-ng (or `make setup`)")
     rng = np.random.default_rng(seed)
@@ -70,7 +70,7 @@ def speech(count: int, seed: int) -> list[np.ndarray]:
     return clips
 
 
-def run_alone(module: torch.jit.ScriptModule, clips: Sequence[np.ndarray], device: str) -> tuple[torch.Tensor, float]:
+def run_alone(module: torch.jit.ScriptModule, clips: Sequence[FloatArray], device: str) -> tuple[torch.Tensor, float]:
     outputs = []
     start = time.perf_counter()
     with torch.inference_mode():
@@ -82,7 +82,7 @@ def run_alone(module: torch.jit.ScriptModule, clips: Sequence[np.ndarray], devic
     return torch.cat(outputs), time.perf_counter() - start
 
 
-def run_batched(module: torch.jit.ScriptModule, clips: Sequence[np.ndarray], device: str, size: int) -> torch.Tensor:
+def run_batched(module: torch.jit.ScriptModule, clips: Sequence[FloatArray], device: str, size: int) -> torch.Tensor:
     outputs = []
     with torch.inference_mode():
         for start in range(0, len(clips), size):

@@ -23,6 +23,8 @@ from typing import Literal, TypeVar
 
 import numpy as np
 
+from emotion_build.triton_models.waveform import FloatArray
+
 MIN_PAIRS = 8
 """Fewest pairs per workload, however long the clips: fewer make the median itself noise."""
 
@@ -63,9 +65,9 @@ class PairedLatency:
 
 
 def c1_pairs(
-    local: Callable[[np.ndarray], object],
-    served: Callable[[np.ndarray], tuple[float, float]],
-    clips: Sequence[np.ndarray],
+    local: Callable[[FloatArray], object],
+    served: Callable[[FloatArray], tuple[float, float]],
+    clips: Sequence[FloatArray],
     *,
     workload: str,
     server: str,

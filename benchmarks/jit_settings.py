@@ -44,6 +44,7 @@ from typing import Any
 
 import torch
 from throughput import REPO_ROOT, machine_name, write_section
+from torch import nn
 
 from emotion_build.batched_classifier import CONV_FORMS, RaggedEmotionClassifier
 from emotion_build.export import conv_form_for, trace
@@ -108,7 +109,8 @@ def runner(variant: str, model_file: Path, args: argparse.Namespace) -> Callable
     device, dtype = args.device, torch.float16 if args.dtype == "fp16" else torch.float32
     generator = torch.Generator().manual_seed(0)
     if variant == "hf-eager":
-        model = with_attention(random_model(args.random_init), "sdpa").model.to(device=device, dtype=dtype)
+        model = with_attention(random_model(args.random_init), "sdpa").model
+        nn.Module.to(model, device=device, dtype=dtype)  # in place; transformers' own `to` wrapper confuses mypy
 
         def hf(lengths: Sequence[int]) -> Any:
             batch = padded_batch(lengths, device, generator, dtype)
@@ -117,7 +119,8 @@ def runner(variant: str, model_file: Path, args: argparse.Namespace) -> Callable
         return hf
     if variant == "eager":
         loaded = random_model(args.random_init)
-        module: Any = RaggedEmotionClassifier(loaded.model.to(dtype=dtype), args.conv_form).eval().to(device)
+        nn.Module.to(loaded.model, dtype=dtype)
+        module: Any = RaggedEmotionClassifier(loaded.model, args.conv_form).eval().to(device)
     else:
         model_file = model_file.with_name(TRACED_FILES.get(variant, model_file.name))
         module = torch.jit.load(str(model_file), map_location=device).eval()  # type: ignore[no-untyped-call]
@@ -150,7 +153,8 @@ def child(variant: str, model_file: Path, args: argparse.Namespace) -> dict[str,
         call = prepare([round(seconds * RATE)] * size)
         for _ in range(2):
             timed(call, args.device)
-        times, began = [], time.perf_counter()
+        times: list[float] = []
+        began = time.perf_counter()
         while len(times) < 3 or time.perf_counter() - began < args.point_s:
             times.append(timed(call, args.device))
         result["steady"][f"{size}x{seconds:g}s"] = size * seconds / statistics.median(times)
@@ -179,7 +183,7 @@ def kernel_table(call: Callable[[], Any], device: str, top: int = 12) -> list[tu
         timed(call, device)
     rows = []
     for event in prof.key_averages():
-        device_us = getattr(event, "device_time_total", None) or getattr(event, "cuda_time_total", 0)
+        device_us = float(getattr(event, "device_time_total", None) or getattr(event, "cuda_time_total", 0) or 0)
         if device_us > 0:
             rows.append((event.key[:90], device_us / 1000, int(event.count)))
     rows.sort(key=lambda row: -row[1])
@@ -286,7 +290,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             wanted["sdpa"] = (args.conv_form, with_attention(loaded, "sdpa"))
         for variant, (form, model) in wanted.items():
             traced = trace(model, RATE, dtype=args.dtype, device=args.device, conv_form=form)
-            traced.save(str(model_file.with_name(TRACED_FILES.get(variant, model_file.name))))  # type: ignore[no-untyped-call]
+            traced.save(str(model_file.with_name(TRACED_FILES.get(variant, model_file.name))))
         export_s = time.perf_counter() - began
         results = run_children(args, model_file)
     table = markdown(results, args, export_s)

@@ -173,8 +173,11 @@ def served_requests(client: grpcclient.InferenceServerClient, model: str) -> int
 def measure(
     server: TritonServer, instances: int, workload: Workload, concurrency: int, *, point_s: float, scratch: Path
 ) -> OverheadPoint:
+    pid = server.pid
+    if pid is None:
+        raise RuntimeError("measure() needs a started server: its processes' CPU time is what it reads")
     with grpcclient.InferenceServerClient(server.endpoints.grpc_url) as client:
-        cpu_before, served_before = cpu_by_role(server.pid), served_requests(client, ENSEMBLE_MODEL)
+        cpu_before, served_before = cpu_by_role(pid), served_requests(client, ENSEMBLE_MODEL)
         point = perf_analyzer_point(
             server.endpoints.grpc_url,
             workload,
@@ -184,7 +187,7 @@ def measure(
             budget_s=point_s,
             server_pgid=None,
         )
-        cpu_after, served_after = cpu_by_role(server.pid), served_requests(client, ENSEMBLE_MODEL)
+        cpu_after, served_after = cpu_by_role(pid), served_requests(client, ENSEMBLE_MODEL)
     # The CPU of the whole perf_analyzer run (windows, ramp-up, drain) over every request it sent.
     requests = max(served_after - served_before, 1)
     per_request = {role: (cpu_after[role] - cpu_before[role]) * 1000.0 / requests for role in ROLES}

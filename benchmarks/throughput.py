@@ -73,7 +73,7 @@ from emotion_build.perf import PerfRow, perf_analyzer_command, perf_analyzer_env
 from emotion_build.server import ServerError, TritonServer, find_tritonserver
 from emotion_build.triton_models.heap import keep_freed_memory
 from emotion_build.triton_models.ragged import concatenate
-from emotion_build.triton_models.waveform import normalise
+from emotion_build.triton_models.waveform import FloatArray, normalise
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 RATE = 16000
@@ -110,7 +110,7 @@ LATENCY_FIRST = dataclasses.replace(BatchingSettings(), classifier_instances=1, 
 @dataclasses.dataclass(frozen=True)
 class Workload:
     name: str
-    clips: tuple[np.ndarray, ...]
+    clips: tuple[FloatArray, ...]
 
     @property
     def mean_s(self) -> float:
@@ -200,8 +200,8 @@ def synchronise(device: str) -> None:
 
 
 def timed_loop(
-    call: Callable[[list[np.ndarray]], object],
-    batches: Sequence[list[np.ndarray]],
+    call: Callable[[list[FloatArray]], object],
+    batches: Sequence[list[FloatArray]],
     *,
     system: str,
     workload: str,
@@ -241,7 +241,7 @@ def guessed_clips_per_s(workload: Workload, device: str) -> float:
     return (2000.0 if device.startswith("cuda") else 12.0) / workload.mean_s
 
 
-def batches_of(workload: Workload, size: int) -> list[list[np.ndarray]]:
+def batches_of(workload: Workload, size: int) -> list[list[FloatArray]]:
     """Consecutive clips in the workload's (shuffled) order, wrapping around, as a batcher would see them."""
     count = len(workload.clips)
     return [[workload.clips[(start + j) % count] for j in range(size)] for start in range(0, count, size)]
@@ -295,7 +295,7 @@ def hf_pipeline(model_ref: str, device: str) -> tuple[Any, str]:
 def hf_point(classifier: Any, workload: Workload, *, batch_size: int | None, budget_s: float, device: str) -> Point:
     """One clip per call (batch_size None), as the model card calls it, or the pipeline's own batching."""
     if batch_size is None:
-        call: Callable[[list[np.ndarray]], object] = lambda batch: classifier(batch[0])  # noqa: E731
+        call: Callable[[list[FloatArray]], object] = lambda batch: classifier(batch[0])  # noqa: E731
         system, size = "hf", 1
     else:
         call, system, size = lambda batch: classifier(batch, batch_size=batch_size), "hf_batch", batch_size
@@ -377,10 +377,10 @@ def hf_points(hf: HFProcess, workload: Workload, *, batch_size: int, budget_s: f
     return [hf.point(workload, batch_size=size, budget_s=budget_s) for size in (None, batch_size)]
 
 
-def inprocess_call(module: torch.jit.ScriptModule, device: str) -> Callable[[list[np.ndarray]], object]:
+def inprocess_call(module: torch.jit.ScriptModule, device: str) -> Callable[[list[FloatArray]], object]:
     """The served file in this process, as the ensemble runs it: normalise, concatenate, forward."""
 
-    def run(batch: list[np.ndarray]) -> object:
+    def run(batch: list[FloatArray]) -> object:
         flat, ends = concatenate([normalise(clip, do_normalize=True) for clip in batch])
         with torch.inference_mode():
             return module(torch.from_numpy(flat).to(device), torch.from_numpy(ends).to(device))
@@ -576,7 +576,7 @@ def sdk_point(
 
 
 @contextlib.contextmanager
-def single_requests(grpc_url: str) -> Iterator[Callable[[np.ndarray], tuple[float, float]]]:
+def single_requests(grpc_url: str) -> Iterator[Callable[[FloatArray], tuple[float, float]]]:
     """A call sending one clip to the ensemble; it returns (wall seconds, the classifier's compute
     seconds for that request, from Triton's statistics). Only meaningful with nothing else in flight."""
     import tritonclient.grpc as grpcclient
@@ -588,7 +588,7 @@ def single_requests(grpc_url: str) -> Iterator[Callable[[np.ndarray], tuple[floa
         # Protobuf's JSON leaves zeros out: a server without warmup has no "ns" before its first request.
         return sum(int(model["inference_stats"]["compute_infer"].get("ns", 0)) for model in stats["model_stats"])
 
-    def call(clip: np.ndarray) -> tuple[float, float]:
+    def call(clip: FloatArray) -> tuple[float, float]:
         tensor = grpcclient.InferInput(AUDIO_INPUT, [1, clip.size], "FP32")
         tensor.set_data_from_numpy(clip[None, :].astype(np.float32))
         before = compute_ns()
@@ -639,7 +639,7 @@ def paired_c1(
     inprocess = "default threads" if threads is None else f"{threads} thread{'s' if threads > 1 else ''}"
     log(f"c=1 on {workload.name}: the {server} server and in-process batch 1 ({inprocess}), alternately")
 
-    def local(clip: np.ndarray) -> None:
+    def local(clip: FloatArray) -> None:
         run([clip])
         synchronise(device)
 
@@ -1484,7 +1484,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 repository = Path(scratch) / "model_repository"
                 shutil.copytree(args.repository, repository)
             expected = {w.name: guessed_clips_per_s(w, device) for w in workloads}
-            context = {
+            context: dict[str, Any] = {
                 "date": datetime.date.today().isoformat(),
                 "machine": machine_name(device),
                 "model": provenance.source_model,

@@ -15,7 +15,7 @@ import math
 import numpy as np
 import numpy.typing as npt
 
-__all__ = ["NORMALISE_EPSILON", "WaveformError", "WaveformLimits", "normalise", "validate"]
+__all__ = ["NORMALISE_EPSILON", "FloatArray", "WaveformError", "WaveformLimits", "normalise", "validate"]
 
 NORMALISE_EPSILON = 1e-7
 """The variance floor of the Hugging Face feature extractor."""
