@@ -20,7 +20,7 @@ lint: setup
 	$(BIN)/ruff format --check build client tests benchmarks
 
 typecheck: setup
-	$(BIN)/mypy build/emotion_build client/emotion_client benchmarks
+	$(BIN)/mypy build/emotion_build client/emotion_client benchmarks tests
 
 setup: system-deps $(BIN)/.installed
 

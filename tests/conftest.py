@@ -6,9 +6,12 @@ from __future__ import annotations
 import os
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from repositories import export_cpu_repository
+
+from emotion_build.server import TritonServer
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 SOAK_SECONDS_ENV = "EMOTION_SOAK_SECONDS"
@@ -66,18 +69,17 @@ def tiny_repository(tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFacto
 
 
 @pytest.fixture(scope="session")
-def hf_classifier(tiny_model_dir: Path):  # type: ignore[no-untyped-def]
+def hf_classifier(tiny_model_dir: Path) -> tuple[Any, Any]:
     """The eager Hugging Face model and feature extractor every served answer is compared with."""
     from transformers import Wav2Vec2FeatureExtractor, Wav2Vec2ForSequenceClassification
 
-    model = Wav2Vec2ForSequenceClassification.from_pretrained(tiny_model_dir).eval()
+    model = Wav2Vec2ForSequenceClassification.from_pretrained(tiny_model_dir)
+    model.eval()  # type: ignore[no-untyped-call]
     extractor = Wav2Vec2FeatureExtractor.from_pretrained(tiny_model_dir)
     return model, extractor
 
 
 @pytest.fixture(scope="session")
-def triton(tiny_repository: Path) -> Iterator[object]:
-    from emotion_build.server import TritonServer
-
+def triton(tiny_repository: Path) -> Iterator[TritonServer]:
     with TritonServer(tiny_repository) as server:
         yield server

@@ -9,14 +9,17 @@ import sys
 import tracemalloc
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import Any
 
 import numpy as np
+import numpy.typing as npt
 import pytest
 import soundfile
 import torch
 from speech import espeak_clip
 from triton_probes import infer
 
+from emotion_build.server import TritonServer
 from emotion_client import AsyncEmotionClient, EmotionClient
 from emotion_client.audio import load_audio
 
@@ -215,9 +218,9 @@ def test_evaluate_reads_an_iemocap_fold(triton, tmp_path: Path) -> None:  # type
 
 def test_embeddings_are_the_classifier_input_and_do_not_depend_on_neighbours(
     client: EmotionClient,
-    triton,
-    hf_classifier,
-    tmp_path: Path,  # type: ignore[no-untyped-def]
+    triton: TritonServer,
+    hf_classifier: tuple[Any, Any],
+    tmp_path: Path,
 ) -> None:
     rng = np.random.default_rng(5)
     clips = [(0.2 * rng.standard_normal(int(RATE * s))).astype(np.float32) for s in (0.4, 1.3, 2.2, 5.0, 9.7, 14.1)]
@@ -235,7 +238,7 @@ def test_embeddings_are_the_classifier_input_and_do_not_depend_on_neighbours(
             served = model.classifier(torch.from_numpy(embedding))
             assert float((served - eager).abs().max()) <= 1e-4
 
-    async def embed_async() -> np.ndarray:
+    async def embed_async() -> npt.NDArray[np.float32]:
         async with AsyncEmotionClient(triton.endpoints.grpc_url) as sdk:
             return await sdk.embed(clips[3])
 

@@ -42,7 +42,7 @@ def test_async_answers_equal_the_blocking_client(url: str, tmp_path: Path) -> No
     soundfile.write(path, noise(1.5, seed=4, rate=22050), 22050, subtype="PCM_16")
     clip = noise(0.8, seed=5)
     with EmotionClient(url) as blocking:
-        expected = [blocking.classify(path), blocking.classify(clip, top_k=2), blocking.model_info()]
+        expected: list[Any] = [blocking.classify(path), blocking.classify(clip, top_k=2), blocking.model_info()]
 
     async def run() -> list[Any]:
         async with AsyncEmotionClient(url) as client:

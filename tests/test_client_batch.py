@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -29,12 +29,12 @@ Runner = Callable[..., list[BatchItem]]
 """classify_many of one of the two clients, run to completion: (url, inputs, **options) -> items."""
 
 
-def run_sync(url: str, inputs: list[AudioSource], **options: Any) -> list[BatchItem]:
+def run_sync(url: str, inputs: Sequence[AudioSource], **options: Any) -> list[BatchItem]:
     with EmotionClient(url) as client:
         return client.classify_many(inputs, **options)
 
 
-def run_async(url: str, inputs: list[AudioSource], **options: Any) -> list[BatchItem]:
+def run_async(url: str, inputs: Sequence[AudioSource], **options: Any) -> list[BatchItem]:
     async def run() -> list[BatchItem]:
         async with AsyncEmotionClient(url) as client:
             return await client.classify_many(inputs, **options)

@@ -6,6 +6,7 @@ never a speed."""
 from __future__ import annotations
 
 import asyncio
+import functools
 import os
 import time
 from collections.abc import Callable, Iterator
@@ -65,12 +66,15 @@ def test_classify_many_against_a_plain_loop(default_server: TritonServer) -> Non
         plans: list[tuple[tuple[str, int], Callable[[], list[Classification]]]] = [
             (("loop of classify()", 1), lambda: [client.classify(clip) for clip in clips])
         ]
-        for c in (1, 2, 4, 8, 16):
-            plans.append(
-                (("classify_many", c), lambda c=c: [i.unwrap() for i in client.classify_many(clips, concurrency=c)])
-            )
-        for c in (4, 8, 16):
-            plans.append((("async classify_many", c), lambda c=c: asyncio.run(run_async(c))))
+
+        def many(concurrency: int) -> list[Classification]:
+            return [item.unwrap() for item in client.classify_many(clips, concurrency=concurrency)]
+
+        def many_async(concurrency: int) -> list[Classification]:
+            return asyncio.run(run_async(concurrency))
+
+        plans += [(("classify_many", c), functools.partial(many, c)) for c in (1, 2, 4, 8, 16)]
+        plans += [(("async classify_many", c), functools.partial(many_async, c)) for c in (4, 8, 16)]
         for _ in range(REPEATS):  # interleaved, so a busy moment on the machine does not hit one row only
             for key, send in plans:
                 measure(key, send)

@@ -15,7 +15,8 @@ def reference(clip: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor) -> t
     with torch.no_grad():
         norm.weight.copy_(weight)
         norm.bias.copy_(bias)
-    return norm(clip)
+    normalised: torch.Tensor = norm(clip)
+    return normalised
 
 
 def test_each_clip_is_normalised_over_its_own_frames_alone_or_padded() -> None:

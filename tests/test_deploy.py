@@ -174,7 +174,8 @@ def one(objects: dict[tuple[str, str], dict[str, Any]], kind: str) -> dict[str, 
 
 
 def the_container(deployment: dict[str, Any]) -> dict[str, Any]:
-    (container,) = deployment["spec"]["template"]["spec"]["containers"]
+    containers: list[dict[str, Any]] = deployment["spec"]["template"]["spec"]["containers"]
+    (container,) = containers
     return container
 
 
@@ -184,7 +185,8 @@ def selects(selector: dict[str, str], labels: dict[str, str]) -> bool:
 
 def adapter_rule() -> dict[str, Any]:
     (values,) = yaml_documents(ADAPTER_VALUES)
-    (rule,) = values["rules"]["custom"]
+    rules: list[dict[str, Any]] = values["rules"]["custom"]
+    (rule,) = rules
     return rule
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
+import numpy.typing as npt
 import pytest
 import soundfile
 import torch
@@ -18,14 +19,14 @@ from emotion_client.audio import load_audio
 DURATIONS_S = (0.5, 1.3, 3.0, 6.2, 10.0)
 
 
-def eager_probabilities(hf_classifier, audio: np.ndarray) -> np.ndarray:  # type: ignore[no-untyped-def]
+def eager_probabilities(hf_classifier, audio: npt.NDArray[np.float32]) -> npt.NDArray[np.float32]:  # type: ignore[no-untyped-def]
     model, extractor = hf_classifier
     inputs = extractor(audio, sampling_rate=16000, return_tensors="pt")
     with torch.no_grad():
         return torch.softmax(model(inputs.input_values).logits, dim=-1)[0].numpy()
 
 
-def in_label_order(result: Classification, labels: tuple[str, ...]) -> np.ndarray:
+def in_label_order(result: Classification, labels: tuple[str, ...]) -> npt.NDArray[np.float32]:
     by_label = {entry.label: entry.score for entry in result.scores}
     return np.array([by_label[label] for label in labels])
 

@@ -7,6 +7,7 @@ import os
 import subprocess
 import sys
 from pathlib import Path
+from typing import cast
 
 import numpy as np
 import pytest
@@ -53,7 +54,7 @@ def test_saved_file_matches_eager_alone_and_batched(traced_tiny, tmp_path: Path)
 
     loaded, scripted = traced_tiny
     scripted.save(str(tmp_path / "m.pt"))
-    reloaded = torch.jit.load(str(tmp_path / "m.pt"))
+    reloaded = torch.jit.load(str(tmp_path / "m.pt"))  # type: ignore[no-untyped-call]
     description = describe(loaded, batching=BatchingSettings(), min_duration_s=0.1, max_duration_s=30)
     report = check_parity(reloaded, loaded, description, [1600, 4800, 16000, 77777, 160000])
     print(f"tiny parity: alone {report.max_abs_logit_diff:.2e}, batched {report.batched_max_abs_logit_diff:.2e}")
@@ -91,7 +92,8 @@ def test_base_architecture_has_95m_parameters() -> None:
     config = loaded.model.config
     assert config.use_weighted_layer_sum and config.classifier_proj_size == 256
     assert config.feat_extract_norm == "group"
-    assert [config.id2label[i] for i in range(4)] == ["neu", "hap", "ang", "sad"]
+    id2label = cast(dict[int, str], config.id2label)
+    assert [id2label[i] for i in range(4)] == ["neu", "hap", "ang", "sad"]
 
 
 def test_unreachable_model_fails_with_one_line_naming_the_ways_out(tmp_path: Path) -> None:

@@ -8,6 +8,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
+import numpy.typing as npt
 import pytest
 import soundfile
 import soxr
@@ -29,13 +30,13 @@ def exported(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     root = tmp_path_factory.mktemp("fp16")
     paths = {}
     for dtype in ("fp32", "fp16"):
-        result = export(loaded, root / dtype, "gpu", description, dtype=dtype, progress=lambda _: None)  # type: ignore[arg-type]
+        result = export(loaded, root / dtype, "gpu", description, dtype=dtype, progress=lambda _: None)
         paths[dtype] = result.repository
     return paths
 
 
 @pytest.fixture(scope="module")
-def speech(tmp_path_factory: pytest.TempPathFactory) -> list[np.ndarray]:
+def speech(tmp_path_factory: pytest.TempPathFactory) -> list[npt.NDArray[np.float32]]:
     directory = tmp_path_factory.mktemp("speech")
     clips = []
     for index, seconds in enumerate((0.7, 1.5, 2.5, 4.0, 6.0, 9.0)):
@@ -65,7 +66,9 @@ def test_provenance_records_the_dtype_and_the_probability_gate(exported: dict[st
         ).read_text()
 
 
-def test_fp16_weights_fp32_tensors_and_parity_on_speech(exported: dict[str, Path], speech: list[np.ndarray]) -> None:
+def test_fp16_weights_fp32_tensors_and_parity_on_speech(
+    exported: dict[str, Path], speech: list[npt.NDArray[np.float32]]
+) -> None:
     fp16, fp32 = load(exported["fp16"]), load(exported["fp32"])
     assert {p.dtype for p in fp16.parameters()} == {torch.float16}
     flat = torch.from_numpy(np.concatenate(speech))

@@ -211,7 +211,8 @@ def send_together(
         try:
             return infer(url, array, model=model, name=name)
         except InferenceServerException as error:
-            return error
+            refused: Exception = error  # tritonclient is untyped: name the type the caller gets
+            return refused
 
     with ThreadPoolExecutor(len(items)) as pool:
         return list(pool.map(one, items))

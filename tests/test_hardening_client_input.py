@@ -13,6 +13,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import numpy as np
+import numpy.typing as npt
 import pytest
 from triton_probes import ModelCounts, model_counts, report
 
@@ -143,7 +144,7 @@ def test_bad_arrays_raise_a_typed_error_naming_the_problem(
     triton: TritonServer,
     client: EmotionClient,
     request: pytest.FixtureRequest,
-    samples: np.ndarray,
+    samples: npt.NDArray[np.generic],
     rate: int,
     words: tuple[str, ...],
 ) -> None:

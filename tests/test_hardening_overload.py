@@ -23,9 +23,8 @@ from repositories import export_cpu_repository
 from triton_probes import clip, counts_after, format_table, infer, raw_client, report, settled_counts
 from tritonclient.utils import InferenceServerException
 
-import emotion_client
 from emotion_build.server import TritonServer
-from emotion_client import EmotionClient, EmotionClientError, ServerUnavailableError
+from emotion_client import EmotionClient, EmotionClientError, RetryPolicy, ServerUnavailableError
 
 QUEUE_SIZE = 4
 QUEUE_TIMEOUT_S = 2.0
@@ -141,16 +140,13 @@ def test_a_flood_is_refused_fast_and_what_is_served_is_right_and_bounded(small_q
 
 def test_the_sdk_backs_off_and_gets_more_served(small_queue_server: TritonServer) -> None:
     """The same flood through the SDK: refusals are UNAVAILABLE, which it retries with jittered backoff."""
-    retry_policy = getattr(emotion_client, "RetryPolicy", None)
-    if retry_policy is None:
-        pytest.skip("this SDK has no RetryPolicy")
     url = small_queue_server.endpoints.grpc_url
-    policy = retry_policy(max_retries=8, backoff_base_s=0.05, backoff_max_s=1.0)
+    policy = RetryPolicy(max_retries=8, backoff_base_s=0.05, backoff_max_s=1.0)
     errors: Counter[str] = Counter()
     unavailable: list[bool] = []
     served = 0
     lock = threading.Lock()
-    with EmotionClient(url, timeout_s=30, retry=policy) as client:  # type: ignore[call-arg]
+    with EmotionClient(url, timeout_s=30, retry=policy) as client:
         client.model_info()
         barrier = threading.Barrier(CONCURRENCY)
 

@@ -22,11 +22,10 @@ from certificates import Pki, make_pki
 from triton_probes import ServeProcess, clip, infer, report, tensor
 from tritonclient.utils import InferenceServerException
 
-import emotion_client
 from emotion_build.cli import main
 from emotion_build.security import GRPC_HEADER_PREFIX, GrpcTLS, TokenAuth
 from emotion_build.server import TritonServer, free_port
-from emotion_client import EmotionClient, ServerUnavailableError
+from emotion_client import AuthenticationError, EmotionClient, ServerUnavailableError, TLSConfig
 
 TOKEN = "s3cr3t-" + "0123456789abcdef" * 2
 HEADER = "x-emotion-token"
@@ -180,15 +179,11 @@ def test_http_needs_the_token_too_and_only_listens_on_loopback(secured: Secured)
 
 
 def test_the_sdk_sees_typed_errors_and_is_served_with_tls_and_token(secured: Secured, pki: Pki) -> None:
-    tls_config = getattr(emotion_client, "TLSConfig", None)
-    authentication_error = getattr(emotion_client, "AuthenticationError", None)
-    if tls_config is None or authentication_error is None:
-        pytest.skip("this SDK has no TLSConfig / AuthenticationError")
-    tls = tls_config(root_certificates=pki.ca)
-    with EmotionClient(secured.grpc_url, tls=tls, headers=GRPC_TOKEN, timeout_s=10) as client:  # type: ignore[call-arg]
+    tls = TLSConfig(root_certificates=pki.ca)
+    with EmotionClient(secured.grpc_url, tls=tls, headers=GRPC_TOKEN, timeout_s=10) as client:
         assert client.classify(CLIP[0]).label in client.model_info().labels
-    without_token = EmotionClient(secured.grpc_url, tls=tls, timeout_s=10)  # type: ignore[call-arg]
-    with without_token as client, pytest.raises(authentication_error) as seen:
+    without_token = EmotionClient(secured.grpc_url, tls=tls, timeout_s=10)
+    with without_token as client, pytest.raises(AuthenticationError) as seen:
         client.classify(CLIP[0])
     print(f"\nSDK without the token: {type(seen.value).__name__}: {seen.value}")
     report("security", "SDK with TLS: with / without token", tried=2, as_expected=2,

@@ -78,7 +78,7 @@ def test_the_cpu_runner_is_configured_to_keep_memory_and_the_gpu_runners_are_not
     def parameter(target: str) -> str:
         description = ModelDescription(labels=("neu", "hap"), batching=BatchingSettings.for_target(target))  # type: ignore[arg-type]
         config: mc.ModelConfig = all_configs(description, target)["classifier"]  # type: ignore[arg-type]
-        return config.parameters["keep_freed_memory_mb"].string_value
+        return str(config.parameters["keep_freed_memory_mb"].string_value)
 
     assert parameter("cpu") == str(BatchingSettings().keep_freed_memory_mb) == "512"
     assert parameter("gpu-python") == "0"

@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable
 
 import numpy as np
+import numpy.typing as npt
 import pytest
 from interleaved import MIN_PAIRS, PairedLatency, alternate, c1_pairs
 
@@ -13,10 +14,10 @@ def test_c1_pairs_alternate_clip_by_clip_and_report_serving_outside_the_model() 
     clips = [np.full(n, 0.1, dtype=np.float32) for n in (1600, 3200, 4800)]
     calls: list[tuple[str, int]] = []
 
-    def local(clip: np.ndarray) -> None:
+    def local(clip: npt.NDArray[np.float32]) -> None:
         calls.append(("local", clip.size))
 
-    def served(clip: np.ndarray) -> tuple[float, float]:
+    def served(clip: npt.NDArray[np.float32]) -> tuple[float, float]:
         calls.append(("served", clip.size))
         return 0.050 + clip.size / 1e6, 0.040 + clip.size / 1e6  # 10 ms outside the model on every request
 
@@ -64,9 +65,17 @@ def test_paired_verdict_calls_a_miss_only_when_three_pairs_in_four_miss(
 def test_c1_pairs_warm_every_server_instance_before_timing() -> None:
     """Each instance meets a length on its own; the untimed served calls come before any pair."""
     calls: list[str] = []
+
+    def local(clip: npt.NDArray[np.float32]) -> None:
+        calls.append("local")
+
+    def served(clip: npt.NDArray[np.float32]) -> tuple[float, float]:
+        calls.append("served")
+        return 0.01, 0.005
+
     paired = c1_pairs(
-        lambda clip: calls.append("local"),
-        lambda clip: (calls.append("served"), (0.01, 0.005))[1],
+        local,
+        served,
         [np.zeros(1600, np.float32)],
         workload="w",
         server="s",

@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 
 import numpy as np
+import numpy.typing as npt
 import pytest
 
 from emotion_build.triton_models.ragged import length_groups, merge_groups
@@ -36,7 +37,7 @@ def test_every_clip_lands_in_exactly_one_group_within_the_padding_bound(seed: in
 
 def test_merge_puts_rows_back_in_batch_order() -> None:
     groups = [[2, 0], [1]]
-    outputs = [
+    outputs: list[list[npt.NDArray[np.generic]]] = [
         [np.array([[2.0], [0.0]], np.float32), np.array([[20, 21], [0, 1]], np.int64)],
         [np.array([[1.0]], np.float32), np.array([[10, 11]], np.int64)],
     ]

@@ -14,6 +14,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+import numpy.typing as npt
 import pytest
 import torch
 
@@ -77,21 +78,21 @@ def run_model_binary(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return binary
 
 
-def ragged_batch() -> tuple[np.ndarray, np.ndarray]:
+def ragged_batch() -> tuple[npt.NDArray[np.float32], npt.NDArray[np.int32]]:
     rng = np.random.default_rng(7)
     clips = [rng.standard_normal(int(seconds * SAMPLE_RATE)).astype(np.float32) for seconds in CLIP_SECONDS]
     ends = np.cumsum([clip.size for clip in clips]).astype(np.int32)
     return np.concatenate(clips), ends
 
 
-def write_input(path: Path, waveform: np.ndarray, ends: np.ndarray) -> None:
+def write_input(path: Path, waveform: npt.NDArray[np.float32], ends: npt.NDArray[np.int32]) -> None:
     with path.open("wb") as handle:
         handle.write(np.int32(ends.size).tobytes())
         handle.write(ends.astype(np.int32).tobytes())
         handle.write(waveform.astype(np.float32).tobytes())
 
 
-def read_output(path: Path) -> tuple[np.ndarray, np.ndarray]:
+def read_output(path: Path) -> tuple[npt.NDArray[np.float32], npt.NDArray[np.float32]]:
     raw = path.read_bytes()
     rows, classes = np.frombuffer(raw, dtype=np.int32, count=2)
     values = np.frombuffer(raw, dtype=np.float32, offset=8)
@@ -149,7 +150,7 @@ def test_libtorch_output_matches_python(
     assert ran.returncode == 0, f"run_model exited {ran.returncode}:\n{ran.stderr}"
     cpp_logits, cpp_probabilities = read_output(output_path)
 
-    module = torch.jit.load(str(model_path), map_location="cpu").eval()
+    module = torch.jit.load(str(model_path), map_location="cpu").eval()  # type: ignore[no-untyped-call]
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:

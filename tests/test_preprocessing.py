@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
+import numpy.typing as npt
 import pytest
 from transformers import Wav2Vec2FeatureExtractor
 
@@ -16,7 +17,7 @@ LIMITS = WaveformLimits(sample_rate=16000, min_samples=1600, max_samples=16000 *
 def test_normalisation_matches_the_hf_feature_extractor(samples: int) -> None:
     rng = np.random.default_rng(samples)
     clip = (0.3 * rng.standard_normal(samples) + 0.05).astype(np.float32)
-    extractor = Wav2Vec2FeatureExtractor(do_normalize=True, sampling_rate=16000)
+    extractor = Wav2Vec2FeatureExtractor(do_normalize=True, sampling_rate=16000)  # type: ignore[no-untyped-call]
     expected = extractor(clip, sampling_rate=16000, return_tensors="np").input_values[0]
     ours = normalise(clip, do_normalize=True)
     assert ours.dtype == np.float32
@@ -44,7 +45,7 @@ def test_valid_clip_comes_back_one_dimensional() -> None:
         (np.zeros((1, 4000), np.float64), "FP32"),
     ],
 )
-def test_invalid_clips_are_named_with_their_limit(audio: np.ndarray, message: str) -> None:
+def test_invalid_clips_are_named_with_their_limit(audio: npt.NDArray[np.generic], message: str) -> None:
     with pytest.raises(WaveformError, match=message):
         validate(audio, LIMITS)
 

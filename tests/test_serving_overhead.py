@@ -32,6 +32,7 @@ def test_the_constant_classifier_serves_through_the_real_ensemble(tmp_path: Path
         np.testing.assert_allclose(probabilities, np.full(4, 0.25, dtype=np.float32))
         for model, counts in before.items():  # (the classifier's warmup counts too, hence the difference)
             assert (model_counts(url, model) - counts).successes == 1, f"{model} did not serve the request"
+        assert server.pid is not None
         seconds = cpu_by_role(server.pid)
     assert set(seconds) == set(ROLES)
     # Starting and loading took CPU in every process: a role at zero is a process not found.

@@ -70,9 +70,9 @@ def test_track_averages_covering_windows_and_smooths() -> None:
     assert [s.label for s in timeline.segments[0].scores] == list(LABELS)  # label order, not sorted
     assert timeline.duration_s == 3.0
     track = [[score.score for score in point.scores] for point in timeline.track]
-    np.testing.assert_allclose(track, [[1, 0, 0, 0], [0.5, 0, 0.5, 0], [0, 0, 1, 0]])
+    np.testing.assert_allclose(track, [[1.0, 0.0, 0.0, 0.0], [0.5, 0.0, 0.5, 0.0], [0.0, 0.0, 1.0, 0.0]])
     smoothed = build_timeline(windows, results, labels=LABELS, window_s=2, hop_s=1, smooth_s=3)
-    np.testing.assert_allclose([p.score for p in smoothed.track[1].scores], [0.5, 0, 0.5, 0])
+    np.testing.assert_allclose([p.score for p in smoothed.track[1].scores], [0.5, 0.0, 0.5, 0.0])
     np.testing.assert_allclose([p.score for p in smoothed.track[0].scores], [0.75, 0, 0.25, 0])
 
 

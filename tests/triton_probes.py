@@ -243,7 +243,12 @@ class ServeProcess:
         lines: queue.Queue[str] = queue.Queue()
         stdout = self.process.stdout
         assert stdout is not None
-        threading.Thread(target=lambda: [lines.put(line) for line in stdout], daemon=True).start()
+
+        def pump() -> None:
+            for line in stdout:
+                lines.put(line)
+
+        threading.Thread(target=pump, daemon=True).start()
         deadline = time.monotonic() + timeout_s
         while "listening on" not in self.summary:
             if self.process.poll() is not None and lines.empty():
