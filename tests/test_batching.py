@@ -13,12 +13,14 @@ import numpy as np
 import pytest
 from triton_probes import counts_after, infer, settled_counts
 
+from emotion_build.server import TritonServer
+
 SAMPLE_RATE = 16000
 CONCURRENCY = 8  # the test repository's max_batch_size (tests/conftest.py)
 
 
 @pytest.mark.parametrize("seed", [0, 1])
-def test_mixed_lengths_batch_together_without_changing_any_answer(triton, seed: int) -> None:  # type: ignore[no-untyped-def]
+def test_mixed_lengths_batch_together_without_changing_any_answer(triton: TritonServer, seed: int) -> None:
     url = triton.endpoints.grpc_url
     rng = np.random.default_rng(seed)
     lengths = rng.integers(int(0.3 * SAMPLE_RATE), 15 * SAMPLE_RATE, size=4 * CONCURRENCY)

@@ -7,6 +7,7 @@ import json
 import subprocess
 import sys
 import tracemalloc
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -40,12 +41,14 @@ def recording(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture(scope="module")
-def client(triton):  # type: ignore[no-untyped-def]
+def client(triton: TritonServer) -> Iterator[EmotionClient]:
     with EmotionClient(triton.endpoints.grpc_url, timeout_s=60) as sdk:
         yield sdk
 
 
-def test_timeline_windows_answer_like_single_clips(client: EmotionClient, triton, recording: Path) -> None:  # type: ignore[no-untyped-def]
+def test_timeline_windows_answer_like_single_clips(
+    client: EmotionClient, triton: TritonServer, recording: Path
+) -> None:
     timeline = client.classify_timeline(recording, window_s=4.0, hop_s=2.0)
     audio = load_audio(recording, sample_rate=None, target_rate=RATE)
     assert timeline.duration_s == pytest.approx(audio.size / RATE)
@@ -63,7 +66,7 @@ def test_timeline_windows_answer_like_single_clips(client: EmotionClient, triton
         assert sum(s.score for s in point.scores) == pytest.approx(1.0, abs=1e-6)
 
 
-def test_async_timeline_equals_sync(client: EmotionClient, triton, recording: Path) -> None:  # type: ignore[no-untyped-def]
+def test_async_timeline_equals_sync(client: EmotionClient, triton: TritonServer, recording: Path) -> None:
     sync = client.classify_timeline(recording, window_s=3.0, hop_s=1.5)
 
     async def run() -> object:
@@ -109,7 +112,7 @@ def test_timeline_memory_does_not_grow_with_the_recording(client: EmotionClient,
     assert long_peak < decoded / 4
 
 
-def test_timeline_cli_writes_json_csv_and_plot(triton, recording: Path, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+def test_timeline_cli_writes_json_csv_and_plot(triton: TritonServer, recording: Path, tmp_path: Path) -> None:
     base = [sys.executable, "-m", "emotion_client", "timeline", str(recording), "--url", triton.endpoints.grpc_url]
     as_json = subprocess.run([*base, "--json", "--plot", str(tmp_path / "t.png")], capture_output=True, text=True)
     assert as_json.returncode == 0, as_json.stderr
@@ -134,7 +137,7 @@ def _labelled_set(directory: Path, labels: tuple[str, ...], count: int) -> list[
     return clips
 
 
-def test_evaluate_matches_metrics_computed_here(triton, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+def test_evaluate_matches_metrics_computed_here(triton: TritonServer, tmp_path: Path) -> None:
     labels = ("neu", "hap", "ang", "sad")
     clips = _labelled_set(tmp_path, labels, 10)
     (tmp_path / "set.csv").write_text("path,label\n" + "".join(f"{p.name},{label}\n" for p, label in clips))
@@ -179,7 +182,7 @@ def test_evaluate_matches_metrics_computed_here(triton, tmp_path: Path) -> None:
     assert "accuracy" in run.stdout and (tmp_path / "c.png").stat().st_size > 0
 
 
-def test_evaluate_reads_an_iemocap_fold(triton, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+def test_evaluate_reads_an_iemocap_fold(triton: TritonServer, tmp_path: Path) -> None:
     dialog = "Ses01F_impro01"
     wav_dir = tmp_path / "Session1" / "sentences" / "wav" / dialog
     wav_dir.mkdir(parents=True)

@@ -14,7 +14,7 @@ import pytest
 import soundfile
 from tritonclient.utils import InferenceServerException
 
-from emotion_build.server import free_port
+from emotion_build.server import TritonServer, free_port
 from emotion_client import (
     AsyncEmotionClient,
     EmotionClient,
@@ -33,7 +33,7 @@ def noise(seconds: float, seed: int = 0, rate: int = 16000) -> npt.NDArray[np.fl
 
 
 @pytest.fixture(scope="module")
-def url(triton: Any) -> str:
+def url(triton: TritonServer) -> str:
     return str(triton.endpoints.grpc_url)
 
 

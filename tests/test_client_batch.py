@@ -14,6 +14,7 @@ import numpy.typing as npt
 import pytest
 import soundfile
 
+from emotion_build.server import TritonServer
 from emotion_client import (
     AsyncEmotionClient,
     BatchItem,
@@ -50,7 +51,7 @@ def noise(seconds: float, seed: int, rate: int = 16000) -> npt.NDArray[np.float3
 
 
 @pytest.fixture(scope="module")
-def url(triton: Any) -> str:
+def url(triton: TritonServer) -> str:
     return str(triton.endpoints.grpc_url)
 
 

@@ -10,13 +10,12 @@ import os
 import subprocess
 import sys
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import pytest
 import soundfile
 
-from emotion_build.server import free_port
+from emotion_build.server import TritonServer, free_port
 from emotion_client import EmotionClient
 from emotion_client.cli import main
 
@@ -24,7 +23,7 @@ SCRIPT = Path(sys.executable).with_name("emotion-client")
 
 
 @pytest.fixture(scope="module")
-def url(triton: Any) -> str:
+def url(triton: TritonServer) -> str:
     return str(triton.endpoints.grpc_url)
 
 

@@ -73,7 +73,7 @@ def scores_by_label(result: Classification) -> dict[str, float]:
 
 
 @pytest.fixture(scope="module")
-def url(triton: Any) -> str:
+def url(triton: TritonServer) -> str:
     return str(triton.endpoints.grpc_url)
 
 
@@ -108,7 +108,7 @@ def test_a_file_uses_its_own_rate_and_top_k_limits_scores(client: EmotionClient,
     assert from_file.score == pytest.approx(from_array.score, abs=1e-6)
 
 
-def test_model_info_comes_from_the_server_once(client: EmotionClient, hf_classifier: Any) -> None:
+def test_model_info_comes_from_the_server_once(client: EmotionClient, hf_classifier: tuple[Any, Any]) -> None:
     model, _ = hf_classifier
     first = client.model_info()
     assert client.model_info() is first

@@ -46,7 +46,7 @@ from emotion_build.description import (
     BatchingSettings,
 )
 from emotion_build.repository import MODEL_SOURCES
-from emotion_build.server import find_tritonserver
+from emotion_build.server import TritonServer, find_tritonserver
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 DOCKER = REPO_ROOT / "docker"
@@ -269,7 +269,7 @@ def export_stage(
 
 
 @pytest.fixture(scope="module")
-def scrape(triton: Any) -> dict[str, set[str]]:
+def scrape(triton: TritonServer) -> dict[str, set[str]]:
     """Metric families a real tritonserver exposes after serving a few requests, with their model labels."""
     client = grpcclient.InferenceServerClient(triton.endpoints.grpc_url)
     audio = (0.1 * np.random.default_rng(0).standard_normal((1, 16000))).astype(np.float32)

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import numpy.typing as npt
@@ -13,13 +15,14 @@ import tritonclient.grpc as grpcclient
 from speech import espeak_clip
 from tritonclient.utils import InferenceServerException
 
+from emotion_build.server import TritonServer
 from emotion_client import Classification, EmotionClient
 from emotion_client.audio import load_audio
 
 DURATIONS_S = (0.5, 1.3, 3.0, 6.2, 10.0)
 
 
-def eager_probabilities(hf_classifier, audio: npt.NDArray[np.float32]) -> npt.NDArray[np.float32]:  # type: ignore[no-untyped-def]
+def eager_probabilities(hf_classifier: tuple[Any, Any], audio: npt.NDArray[np.float32]) -> npt.NDArray[np.float32]:
     model, extractor = hf_classifier
     inputs = extractor(audio, sampling_rate=16000, return_tensors="pt")
     with torch.no_grad():
@@ -32,7 +35,7 @@ def in_label_order(result: Classification, labels: tuple[str, ...]) -> npt.NDArr
 
 
 @pytest.fixture(scope="module")
-def client(triton):  # type: ignore[no-untyped-def]
+def client(triton: TritonServer) -> Iterator[EmotionClient]:
     with EmotionClient(triton.endpoints.grpc_url, timeout_s=60) as sdk:
         yield sdk
 
@@ -45,7 +48,7 @@ def speech_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return directory
 
 
-def test_labels_and_settings_come_from_the_server(client: EmotionClient, hf_classifier) -> None:  # type: ignore[no-untyped-def]
+def test_labels_and_settings_come_from_the_server(client: EmotionClient, hf_classifier: tuple[Any, Any]) -> None:
     model, _ = hf_classifier
     info = client.model_info()
     assert info.labels == tuple(model.config.id2label[i] for i in range(model.config.num_labels))
@@ -54,7 +57,9 @@ def test_labels_and_settings_come_from_the_server(client: EmotionClient, hf_clas
 
 
 @pytest.mark.parametrize("index", range(len(DURATIONS_S)))
-def test_speech_files_match_the_eager_model(client: EmotionClient, hf_classifier, speech_dir: Path, index: int) -> None:  # type: ignore[no-untyped-def]
+def test_speech_files_match_the_eager_model(
+    client: EmotionClient, hf_classifier: tuple[Any, Any], speech_dir: Path, index: int
+) -> None:
     (path,) = speech_dir.glob(f"speech-{index}-*.wav")
     assert soundfile.info(path).samplerate == 22050  # the SDK must resample
     served = client.classify(path)
@@ -69,7 +74,9 @@ def test_speech_files_match_the_eager_model(client: EmotionClient, hf_classifier
     assert served.score == served.scores[0].score
 
 
-def test_arrays_at_other_rates_and_top_k(client: EmotionClient, hf_classifier, speech_dir: Path) -> None:  # type: ignore[no-untyped-def]
+def test_arrays_at_other_rates_and_top_k(
+    client: EmotionClient, hf_classifier: tuple[Any, Any], speech_dir: Path
+) -> None:
     (path,) = speech_dir.glob("speech-2-*.wav")
     audio, rate = soundfile.read(path, dtype="float32")
     served = client.classify(audio, sample_rate=rate, top_k=2)
@@ -79,7 +86,7 @@ def test_arrays_at_other_rates_and_top_k(client: EmotionClient, hf_classifier, s
     assert abs(served.score - float(expected.max())) <= 1e-4
 
 
-def test_classification_extension_returns_labels_from_the_ensemble(triton, client: EmotionClient) -> None:  # type: ignore[no-untyped-def]
+def test_classification_extension_returns_labels_from_the_ensemble(triton: TritonServer, client: EmotionClient) -> None:
     raw = grpcclient.InferenceServerClient(triton.endpoints.grpc_url)
     audio = (0.1 * np.random.default_rng(0).standard_normal((1, 16000))).astype(np.float32)
     request = grpcclient.InferInput("audio", list(audio.shape), "FP32")
@@ -92,7 +99,9 @@ def test_classification_extension_returns_labels_from_the_ensemble(triton, clien
     assert sorted(label for _, _, label in entries) == sorted(client.model_info().labels)
 
 
-def test_a_bad_request_is_refused_clearly_and_the_server_keeps_serving(triton, client: EmotionClient) -> None:  # type: ignore[no-untyped-def]
+def test_a_bad_request_is_refused_clearly_and_the_server_keeps_serving(
+    triton: TritonServer, client: EmotionClient
+) -> None:
     raw = grpcclient.InferenceServerClient(triton.endpoints.grpc_url)
     short = np.zeros((1, 100), np.float32)
     request = grpcclient.InferInput("audio", list(short.shape), "FP32")

@@ -16,13 +16,15 @@ import torch
 from emotion_build.batched_classifier import CONV_FORMS, grouped_conv_frames
 from emotion_build.description import Provenance
 from emotion_build.export import check_parity, conv_form_for, trace
-from emotion_build.loading import load_pretrained, random_model
+from emotion_build.loading import LoadedModel, load_pretrained, random_model
 
 SAMPLE_RATE = 16000
+Traced = tuple[LoadedModel, torch.jit.ScriptModule]
+"""The tiny model and its TorchScript trace, the pair the parity tests compare."""
 
 
 @pytest.fixture(scope="module", params=CONV_FORMS)
-def traced_tiny(request: pytest.FixtureRequest):  # type: ignore[no-untyped-def]
+def traced_tiny(request: pytest.FixtureRequest) -> Traced:
     """Both forms of the convolutions: native (cpu target) and matrix products (GPU targets)."""
     loaded = random_model("tiny", seed=11)
     return loaded, trace(loaded, SAMPLE_RATE, conv_form=request.param)
@@ -48,7 +50,7 @@ def test_export_picks_the_conv_form_by_target() -> None:
     assert conv_form_for("gpu") == conv_form_for("gpu-python") == "matmul"
 
 
-def test_saved_file_matches_eager_alone_and_batched(traced_tiny, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+def test_saved_file_matches_eager_alone_and_batched(traced_tiny: Traced, tmp_path: Path) -> None:
     from emotion_build.description import BatchingSettings
     from emotion_build.export import describe
 
@@ -63,7 +65,7 @@ def test_saved_file_matches_eager_alone_and_batched(traced_tiny, tmp_path: Path)
 
 
 @pytest.mark.parametrize("seed", [0, 1, 2])
-def test_outputs_do_not_depend_on_batch_neighbours(traced_tiny, seed: int) -> None:  # type: ignore[no-untyped-def]
+def test_outputs_do_not_depend_on_batch_neighbours(traced_tiny: Traced, seed: int) -> None:
     loaded, scripted = traced_tiny
     rng = np.random.default_rng(seed)
     lengths = rng.integers(int(0.3 * SAMPLE_RATE), 15 * SAMPLE_RATE, size=6)

@@ -10,9 +10,10 @@ import numpy as np
 import pytest
 
 from emotion_build.perf import perf_analyzer_command, perf_analyzer_env, write_input_data
+from emotion_build.server import TritonServer
 
 
-def test_short_perf_analyzer_run_against_the_ensemble(triton, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+def test_short_perf_analyzer_run_against_the_ensemble(triton: TritonServer, tmp_path: Path) -> None:
     rng = np.random.default_rng(0)
     clips = [(0.1 * rng.standard_normal(n)).astype(np.float32) for n in (8000, 16000, 40000)]
     command = perf_analyzer_command(

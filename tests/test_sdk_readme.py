@@ -12,7 +12,6 @@ import subprocess
 import sys
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import pytest
 from certificates import Pki, make_pki
@@ -73,7 +72,7 @@ def test_the_section_has_the_examples_this_test_knows() -> None:
 
 @pytest.mark.parametrize("index", range(len(PYTHON_BLOCKS)))
 def test_python_example_runs(
-    index: int, triton: Any, request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch
+    index: int, triton: TritonServer, request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     code = PYTHON_BLOCKS[index]
     (phrase,) = [p for p in EXPECTED_OUTPUT if p in code]
@@ -96,7 +95,7 @@ def test_python_example_runs(
     assert EXPECTED_OUTPUT[phrase] in printed
 
 
-def test_cli_examples_run(triton: Any) -> None:
+def test_cli_examples_run(triton: TritonServer) -> None:
     lines = [
         line.split("  #")[0].strip()
         for block in blocks("sh")
