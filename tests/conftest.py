@@ -12,6 +12,7 @@ import pytest
 from repositories import export_cpu_repository
 
 from emotion_build.server import TritonServer
+from emotion_client import EmotionClient
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 SOAK_SECONDS_ENV = "EMOTION_SOAK_SECONDS"
@@ -83,3 +84,17 @@ def hf_classifier(tiny_model_dir: Path) -> tuple[Any, Any]:
 def triton(tiny_repository: Path) -> Iterator[TritonServer]:
     with TritonServer(tiny_repository) as server:
         yield server
+
+
+@pytest.fixture(scope="session")
+def url(triton: TritonServer) -> str:
+    """The shared server's gRPC address, as SDK callers pass it."""
+    return str(triton.endpoints.grpc_url)
+
+
+@pytest.fixture(scope="module")
+def client(url: str) -> Iterator[EmotionClient]:
+    """One SDK client per test module: its cached model info and channel are that module's own.
+    test_hardening_client_input overrides it with a shorter timeout and the info fetched up front."""
+    with EmotionClient(url, timeout_s=60) as sdk:
+        yield sdk

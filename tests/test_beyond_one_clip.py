@@ -7,7 +7,6 @@ import json
 import subprocess
 import sys
 import tracemalloc
-from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -38,12 +37,6 @@ def recording(tmp_path_factory: pytest.TempPathFactory) -> Path:
     path = directory / "meeting.wav"
     soundfile.write(path, np.concatenate(parts), rate, subtype="PCM_16")
     return path
-
-
-@pytest.fixture(scope="module")
-def client(triton: TritonServer) -> Iterator[EmotionClient]:
-    with EmotionClient(triton.endpoints.grpc_url, timeout_s=60) as sdk:
-        yield sdk
 
 
 def test_timeline_windows_answer_like_single_clips(

@@ -14,7 +14,7 @@ import pytest
 import soundfile
 from tritonclient.utils import InferenceServerException
 
-from emotion_build.server import TritonServer, free_port
+from emotion_build.server import free_port
 from emotion_client import (
     AsyncEmotionClient,
     EmotionClient,
@@ -30,11 +30,6 @@ from emotion_client import (
 
 def noise(seconds: float, seed: int = 0, rate: int = 16000) -> npt.NDArray[np.float32]:
     return (0.1 * np.random.default_rng(seed).standard_normal(round(seconds * rate))).astype(np.float32)
-
-
-@pytest.fixture(scope="module")
-def url(triton: TritonServer) -> str:
-    return str(triton.endpoints.grpc_url)
 
 
 def test_async_answers_equal_the_blocking_client(url: str, tmp_path: Path) -> None:

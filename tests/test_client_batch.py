@@ -14,7 +14,6 @@ import numpy.typing as npt
 import pytest
 import soundfile
 
-from emotion_build.server import TritonServer
 from emotion_client import (
     AsyncEmotionClient,
     BatchItem,
@@ -48,11 +47,6 @@ RUNNERS = [pytest.param(run_sync, id="sync"), pytest.param(run_async, id="async"
 
 def noise(seconds: float, seed: int, rate: int = 16000) -> npt.NDArray[np.float32]:
     return (0.1 * np.random.default_rng(seed).standard_normal(round(seconds * rate))).astype(np.float32)
-
-
-@pytest.fixture(scope="module")
-def url(triton: TritonServer) -> str:
-    return str(triton.endpoints.grpc_url)
 
 
 @pytest.fixture(scope="module")

@@ -15,16 +15,11 @@ import numpy as np
 import pytest
 import soundfile
 
-from emotion_build.server import TritonServer, free_port
+from emotion_build.server import free_port
 from emotion_client import EmotionClient
 from emotion_client.cli import main
 
 SCRIPT = Path(sys.executable).with_name("emotion-client")
-
-
-@pytest.fixture(scope="module")
-def url(triton: TritonServer) -> str:
-    return str(triton.endpoints.grpc_url)
 
 
 @pytest.fixture(scope="module")

@@ -72,17 +72,6 @@ def scores_by_label(result: Classification) -> dict[str, float]:
     return {entry.label: entry.score for entry in result.scores}
 
 
-@pytest.fixture(scope="module")
-def url(triton: TritonServer) -> str:
-    return str(triton.endpoints.grpc_url)
-
-
-@pytest.fixture(scope="module")
-def client(url: str) -> Iterator[EmotionClient]:
-    with EmotionClient(url, timeout_s=60) as sdk:
-        yield sdk
-
-
 @pytest.fixture
 def dead_url() -> str:
     return f"127.0.0.1:{free_port()}"

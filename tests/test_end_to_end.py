@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -32,12 +31,6 @@ def eager_probabilities(hf_classifier: tuple[Any, Any], audio: npt.NDArray[np.fl
 def in_label_order(result: Classification, labels: tuple[str, ...]) -> npt.NDArray[np.float32]:
     by_label = {entry.label: entry.score for entry in result.scores}
     return np.array([by_label[label] for label in labels])
-
-
-@pytest.fixture(scope="module")
-def client(triton: TritonServer) -> Iterator[EmotionClient]:
-    with EmotionClient(triton.endpoints.grpc_url, timeout_s=60) as sdk:
-        yield sdk
 
 
 @pytest.fixture(scope="module")
