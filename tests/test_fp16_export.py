@@ -16,11 +16,13 @@ import torch
 from speech import espeak_clip
 
 from emotion_build.description import BatchingSettings, Provenance
-from emotion_build.export import FP16_PROBABILITY_TOLERANCE, describe, export
+from emotion_build.export import describe, export
 from emotion_build.loading import random_model
+from emotion_build.precision import GATE_LIMITS
 from emotion_build.triton_models.waveform import normalise
 
 RATE = 16000
+FP16_PROBABILITY_TOLERANCE = GATE_LIMITS["fp16"].max_abs_prob_diff
 
 
 @pytest.fixture(scope="module")
@@ -59,11 +61,12 @@ def test_provenance_records_the_dtype_and_the_probability_gate(exported: dict[st
     assert fp16.max_abs_prob_diff is not None and fp16.max_abs_prob_diff <= FP16_PROBABILITY_TOLERANCE
     assert fp16.top1_agreement == 1.0
     assert fp16.traced_on == ("cuda" if torch.cuda.is_available() else "cpu")
-    # The served interface does not move: same configs, FP32 tensors in and out.
+    assert fp16.gate is not None and fp16.gate["passed"] is True and fp16.gate["clips"] == 40
+    # The served interface does not move: same configs, FP32 tensors in and out; only the recorded
+    # precision of the weights differs.
     for name in ("emotion", "preprocess", "classifier"):
-        assert (exported["fp16"] / name / "config.pbtxt").read_text() == (
-            exported["fp32"] / name / "config.pbtxt"
-        ).read_text()
+        half, full = ((exported[d] / name / "config.pbtxt").read_text() for d in ("fp16", "fp32"))
+        assert half.replace('"float16"', '"float32"') == full
 
 
 def test_fp16_weights_fp32_tensors_and_parity_on_speech(

@@ -68,9 +68,29 @@ def test_export_writes_the_runner_and_a_half_precision_model(gpu_python_reposito
     assert "KIND_GPU" in (gpu_python_repository / "classifier" / "config.pbtxt").read_text()
 
 
+class StandInMetricFamily:
+    """The stub's `pb_utils.MetricFamily` (a C++ class the stub injects), as far as the runner uses it."""
+
+    GAUGE = "gauge"
+
+    def __init__(self, *, name: str, description: str, kind: str) -> None:
+        self.values: dict[str, float] = {}
+
+    def Metric(self, *, labels: dict[str, str]) -> Any:
+        family = self
+
+        class Gauge:
+            def set(self, value: float) -> None:
+                family.values[labels["model"]] = value
+
+        return Gauge()
+
+
 def load_runner(version: Path, monkeypatch: pytest.MonkeyPatch) -> Any:
     """classifier/1/model.py as the stub imports it, with a stand-in for Triton's utils module."""
-    monkeypatch.setitem(sys.modules, "triton_python_backend_utils", types.ModuleType("triton_python_backend_utils"))
+    utils = types.ModuleType("triton_python_backend_utils")
+    utils.MetricFamily = StandInMetricFamily  # type: ignore[attr-defined]
+    monkeypatch.setitem(sys.modules, "triton_python_backend_utils", utils)
     monkeypatch.syspath_prepend(str(version))
     spec = importlib.util.spec_from_file_location("gpu_python_runner", version / "model.py")
     assert spec is not None and spec.loader is not None

@@ -118,6 +118,7 @@ def classifier_config(description: ModelDescription, target: Target) -> mc.Model
                 "sample_rate": str(description.sample_rate),
                 "min_samples": str(description.min_samples),
                 "max_samples": str(description.max_samples),
+                "weights_dtype": description.weights_dtype,
             },
         )
         _parameters(

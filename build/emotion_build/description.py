@@ -167,6 +167,10 @@ class Provenance:
     """Device the module was traced and checked on."""
     conv_form: str = "native"
     """How the first and the positional convolutions run: "native" (cpu) or "matmul" (GPU targets)."""
+    precision_choice: str = ""
+    """Why the weights are in `dtype`: asked for, or what `--dtype auto` found on the exporting machine."""
+    gate: Mapping[str, object] | None = None
+    """The reduced-precision gate's figures on speech against eager fp32 (None for fp32 exports)."""
 
     def to_json(self) -> str:
         return json.dumps(dataclasses.asdict(self), indent=2, sort_keys=True) + "\n"
@@ -193,6 +197,8 @@ class ModelDescription:
     """Samples the convolutional feature encoder needs for one frame (wav2vec2-base: 400, 25 ms)."""
     batching: BatchingSettings = dataclasses.field(default_factory=BatchingSettings)
     untrained: bool = False
+    weights_dtype: str = "float32"
+    """Precision of the classifier's weights (float32, bfloat16, float16); tensors in and out are float32."""
 
     def __post_init__(self) -> None:
         if not self.labels:
@@ -266,4 +272,5 @@ def ensemble_parameters(description: ModelDescription) -> dict[str, str]:
         "max_duration_s": repr(description.max_duration_s),
         "max_abs_amplitude": repr(description.max_abs_amplitude),
         "untrained": "true" if description.untrained else "false",
+        "weights_dtype": description.weights_dtype,
     }

@@ -9,7 +9,6 @@ import tempfile
 import warnings
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Literal
 
 import numpy as np
 import numpy.typing as npt
@@ -27,13 +26,24 @@ from .description import (
     receptive_field,
 )
 from .loading import LoadedModel
+from .precision import (
+    GATE_CLIPS,
+    PROVENANCE_NAMES,
+    TORCH_DTYPES,
+    GateReport,
+    Precision,
+    PrecisionChoice,
+    PrecisionRequest,
+    choose_precision,
+    run_gate,
+)
 from .repository import write_repository
-from .triton_models.waveform import normalise
+from .speech import VOICES, SpeechUnavailableError, synthesise
+from .triton_models.cpu_features import cpu_flags
+from .triton_models.waveform import FloatArray, normalise
 
 __all__ = [
-    "FP16_PROBABILITY_TOLERANCE",
     "PARITY_TOLERANCE",
-    "Dtype",
     "ExportError",
     "ExportResult",
     "check_parity",
@@ -45,14 +55,6 @@ __all__ = [
 
 PARITY_TOLERANCE = 1e-4
 """Largest |TorchScript - eager| logit accepted in fp32."""
-
-FP16_PROBABILITY_TOLERANCE = 1e-2
-"""Largest |fp16 TorchScript - fp32 eager| probability accepted for `--dtype fp16`."""
-
-Dtype = Literal["fp32", "fp16"]
-"""The weights' precision in model.pt; the tensors in and out are float32 either way."""
-TORCH_DTYPES: dict[str, torch.dtype] = {"fp32": torch.float32, "fp16": torch.float16}
-PROVENANCE_DTYPES = {"fp32": "float32", "fp16": "float16"}
 
 Progress = Callable[[str], None]
 
@@ -116,7 +118,7 @@ def trace(
     loaded: LoadedModel,
     sample_rate: int,
     *,
-    dtype: Dtype = "fp32",
+    dtype: Precision = "fp32",
     device: str = "cpu",
     conv_form: ConvForm = "native",
 ) -> torch.jit.ScriptModule:
@@ -173,6 +175,10 @@ def check_parity(
     )
 
 
+GateSpeech = tuple[Sequence[FloatArray], str]
+"""Raw mono clips at the model's rate, and where they came from (for the report)."""
+
+
 def export(
     loaded: LoadedModel,
     output: Path,
@@ -181,69 +187,202 @@ def export(
     *,
     check_lengths: Sequence[int] | None = None,
     progress: Progress | None = None,
-    dtype: Dtype = "fp32",
+    dtype: PrecisionRequest = "auto",
+    gate_speech: GateSpeech | None = None,
+    machine_flags: frozenset[str] | None = None,
 ) -> ExportResult:
-    """`dtype` "fp16" (GPU targets only) traces half-precision weights, on CUDA when there is one, and
-    checks probabilities against the fp32 eager model instead of logits."""
+    """Trace, check and write the repository in the precision `dtype` asks for.
+
+    `auto` takes bf16 for the cpu target where this CPU computes it natively (`machine_flags`:
+    /proc/cpuinfo's by default), else fp32. A reduced precision is traced on CUDA when a GPU
+    target has one, and must pass the speech gate (`gate_speech`, or espeak-ng clips) against the
+    eager fp32 model; an explicit request fails when it does not, `auto` falls back to fp32 and
+    says why (as it does when there is no speech to gate on)."""
     say = progress or (lambda message: print(message, file=sys.stderr, flush=True))
-    if dtype not in TORCH_DTYPES:
-        raise ValueError(f"dtype must be one of {', '.join(TORCH_DTYPES)}, got {dtype!r}")
-    if dtype != "fp32" and target == "cpu":
-        raise ValueError(f"--dtype {dtype} is for the GPU targets (gpu, gpu-python); on a CPU half precision is slower")
-    device = "cuda" if dtype != "fp32" and torch.cuda.is_available() else "cpu"
-    sample_rate = description.sample_rate
+    choice = choose_precision(dtype, target, cpu_flags() if machine_flags is None else machine_flags)
+    say(f"precision: {choice.precision} ({choice.reason})")
     if check_lengths is None:
         rng = np.random.default_rng(7)
-        upper = min(description.max_samples, 8 * sample_rate)
+        upper = min(description.max_samples, 8 * description.sample_rate)
         check_lengths = sorted(
-            {description.min_samples, sample_rate, *rng.integers(description.min_samples, upper, 3).tolist()}
+            {
+                description.min_samples,
+                description.sample_rate,
+                *rng.integers(description.min_samples, upper, 3).tolist(),
+            }
         )
-    conv_form = conv_form_for(target)
-    say(f"tracing {loaded.source} to TorchScript ({dtype} weights, {conv_form} convolutions, on {device})")
-    scripted = trace(loaded, sample_rate, dtype=dtype, device=device, conv_form=conv_form)
     with tempfile.TemporaryDirectory(prefix="emotion-export-") as scratch:
         artifact = Path(scratch) / "model.pt"
-        scripted.save(str(artifact))
-        reloaded: torch.jit.ScriptModule = torch.jit.load(  # type: ignore[no-untyped-call]
-            str(artifact), map_location=device
-        )
-        say(
-            f"checking the saved TorchScript file against the eager model on {len(check_lengths)} lengths: "
-            + ", ".join(f"{n / sample_rate:.2f} s" for n in check_lengths)
-        )
-        parity = check_parity(reloaded, loaded, description, check_lengths, device=device)
-        worst = max(parity.max_abs_logit_diff, parity.batched_max_abs_logit_diff)
-        if dtype != "fp32":
-            if not parity.max_abs_prob_diff <= FP16_PROBABILITY_TOLERANCE:
-                raise ExportError(
-                    f"the {dtype} TorchScript differs from the fp32 eager model by {parity.max_abs_prob_diff:.3g} "
-                    f"in probabilities (logits {worst:.3g}); the limit is {FP16_PROBABILITY_TOLERANCE:g}: "
-                    "export with --dtype fp32"
-                )
-        elif not worst <= PARITY_TOLERANCE:
-            raise ExportError(
-                f"TorchScript differs from the eager model by {worst:.3g} in logits "
-                f"(alone {parity.max_abs_logit_diff:.3g}, batched {parity.batched_max_abs_logit_diff:.3g}); "
-                f"the limit is {PARITY_TOLERANCE:g}"
-            )
-        say(
-            f"parity ok: max |Δlogit| {parity.max_abs_logit_diff:.2e} alone, "
-            f"{parity.batched_max_abs_logit_diff:.2e} in one ragged batch; max |Δprob| {parity.max_abs_prob_diff:.2e}, "
-            f"top-1 agreement {parity.top1_agreement:.0%}"
-        )
-        provenance = Provenance(
-            source_model=loaded.source,
-            untrained=loaded.untrained,
-            target=target,
-            torch_version=torch.__version__,
-            transformers_version=transformers.__version__,
-            dtype=PROVENANCE_DTYPES[dtype],
-            max_abs_logit_diff=worst,
-            max_abs_prob_diff=parity.max_abs_prob_diff,
-            top1_agreement=parity.top1_agreement,
-            traced_on=device,
-            conv_form=conv_form,
-        )
+        if choice.precision == "fp32":
+            provenance, parity = _fp32_artifact(loaded, description, target, choice, check_lengths, artifact, say)
+        else:
+            reduced = _reduced_artifact(loaded, description, target, choice, gate_speech, artifact, say)
+            if isinstance(reduced, PrecisionChoice):  # auto fell back
+                choice = reduced
+                provenance, parity = _fp32_artifact(loaded, description, target, choice, check_lengths, artifact, say)
+            else:
+                provenance, parity = reduced
+        description = dataclasses.replace(description, weights_dtype=provenance.dtype)
         say(f"writing the {target} repository to {output}")
         write_repository(output, description, target, artifact=artifact, provenance=provenance)
     return ExportResult(output, description, provenance, parity)
+
+
+def _provenance(
+    loaded: LoadedModel, target: Target, choice: PrecisionChoice, traced_on: str, **measured: object
+) -> Provenance:
+    return Provenance(
+        source_model=loaded.source,
+        untrained=loaded.untrained,
+        target=target,
+        torch_version=torch.__version__,
+        transformers_version=transformers.__version__,
+        dtype=PROVENANCE_NAMES[choice.precision],
+        precision_choice=choice.reason,
+        traced_on=traced_on,
+        conv_form=conv_form_for(target),
+        **measured,  # type: ignore[arg-type]
+    )
+
+
+def _fp32_artifact(
+    loaded: LoadedModel,
+    description: ModelDescription,
+    target: Target,
+    choice: PrecisionChoice,
+    check_lengths: Sequence[int],
+    artifact: Path,
+    say: Progress,
+) -> tuple[Provenance, ParityReport]:
+    """fp32: the saved file against eager HF in logits, alone and in one ragged batch, to PARITY_TOLERANCE."""
+    conv_form = conv_form_for(target)
+    sample_rate = description.sample_rate
+    say(f"tracing {loaded.source} to TorchScript (fp32 weights, {conv_form} convolutions, on cpu)")
+    trace(loaded, sample_rate, conv_form=conv_form).save(str(artifact))
+    reloaded: torch.jit.ScriptModule = torch.jit.load(str(artifact))  # type: ignore[no-untyped-call]
+    say(
+        f"checking the saved TorchScript file against the eager model on {len(check_lengths)} lengths: "
+        + ", ".join(f"{n / sample_rate:.2f} s" for n in check_lengths)
+    )
+    parity = check_parity(reloaded, loaded, description, check_lengths)
+    worst = max(parity.max_abs_logit_diff, parity.batched_max_abs_logit_diff)
+    if not worst <= PARITY_TOLERANCE:
+        raise ExportError(
+            f"TorchScript differs from the eager model by {worst:.3g} in logits "
+            f"(alone {parity.max_abs_logit_diff:.3g}, batched {parity.batched_max_abs_logit_diff:.3g}); "
+            f"the limit is {PARITY_TOLERANCE:g}"
+        )
+    say(
+        f"parity ok: max |Δlogit| {parity.max_abs_logit_diff:.2e} alone, "
+        f"{parity.batched_max_abs_logit_diff:.2e} in one ragged batch; max |Δprob| {parity.max_abs_prob_diff:.2e}, "
+        f"top-1 agreement {parity.top1_agreement:.0%}"
+    )
+    provenance = _provenance(
+        loaded,
+        target,
+        choice,
+        "cpu",
+        max_abs_logit_diff=worst,
+        max_abs_prob_diff=parity.max_abs_prob_diff,
+        top1_agreement=parity.top1_agreement,
+    )
+    return provenance, parity
+
+
+def _reduced_artifact(
+    loaded: LoadedModel,
+    description: ModelDescription,
+    target: Target,
+    choice: PrecisionChoice,
+    gate_speech: GateSpeech | None,
+    artifact: Path,
+    say: Progress,
+) -> tuple[Provenance, ParityReport] | PrecisionChoice:
+    """bf16/fp16: the saved file through the speech gate; a PrecisionChoice of fp32 where `auto` gives up."""
+    precision = choice.precision
+    try:
+        clips, source = gate_speech or _espeak_gate_speech(description, say)
+    except SpeechUnavailableError as error:
+        if choice.automatic:
+            say(f"warning: no speech for the {precision} precision gate ({error}); exporting fp32 instead")
+            return PrecisionChoice("fp32", f"{choice.reason}, but no speech to gate {precision} on", automatic=True)
+        raise ExportError(f"the {precision} precision gate needs speech: {error}") from error
+    device = "cuda" if target != "cpu" and torch.cuda.is_available() else "cpu"
+    conv_form = conv_form_for(target)
+    say(f"tracing {loaded.source} to TorchScript ({precision} weights, {conv_form} convolutions, on {device})")
+    trace(loaded, description.sample_rate, dtype=precision, device=device, conv_form=conv_form).save(str(artifact))
+    reloaded: torch.jit.ScriptModule = torch.jit.load(  # type: ignore[no-untyped-call]
+        str(artifact), map_location=device
+    )
+    say(f"precision gate: {precision} against eager fp32 on {len(clips)} speech clips ({source})")
+    report = _gate(reloaded, loaded, description, clips, source, precision, device, say)
+    say(report.summary())
+    if not report.passed:
+        verdict = (
+            f"the {precision} TorchScript fails the precision gate: max |Δprob| {report.max_abs_prob_diff:.3g} "
+            f"(limit {report.limits.max_abs_prob_diff:g}), top-1 agreement {report.top1_agreement:.1%} "
+            f"(limit {report.limits.min_top1_agreement:.0%})"
+        )
+        if choice.automatic:
+            say(f"warning: {verdict}; exporting fp32 instead")
+            fallback = f"{choice.reason}, but {precision} failed the precision gate"
+            return PrecisionChoice("fp32", fallback, automatic=True)
+        raise ExportError(f"{verdict}: export with --dtype fp32")
+    parity = ParityReport(
+        (),
+        report.max_abs_logit_diff,
+        report.max_abs_logit_diff,
+        max_abs_prob_diff=report.max_abs_prob_diff,
+        top1_agreement=report.top1_agreement,
+    )
+    provenance = _provenance(
+        loaded,
+        target,
+        choice,
+        device,
+        max_abs_logit_diff=report.max_abs_logit_diff,
+        max_abs_prob_diff=report.max_abs_prob_diff,
+        top1_agreement=report.top1_agreement,
+        gate=report.record(),
+    )
+    return provenance, parity
+
+
+def _espeak_gate_speech(description: ModelDescription, say: Progress) -> GateSpeech:
+    say(f"synthesising {GATE_CLIPS} speech clips of 1-10 s with espeak-ng for the precision gate")
+    longest = min(10.0, description.max_duration_s)
+    shortest = min(max(1.0, description.min_duration_s), longest)
+    clips = synthesise(GATE_CLIPS, sample_rate=description.sample_rate, min_s=shortest, max_s=longest)
+    return clips, f"espeak-ng, {len(VOICES)} voices"
+
+
+def _gate(
+    module: torch.jit.ScriptModule,
+    loaded: LoadedModel,
+    description: ModelDescription,
+    clips: Sequence[FloatArray],
+    source: str,
+    precision: Precision,
+    device: str,
+    say: Progress,
+) -> GateReport:
+    normalised = [normalise(clip, do_normalize=description.do_normalize) for clip in clips]
+
+    def forward(flat: FloatArray, ends: Sequence[int]) -> torch.Tensor:
+        ends_tensor = torch.tensor(list(ends), dtype=torch.int32, device=device)
+        logits: torch.Tensor = module(torch.from_numpy(flat).to(device), ends_tensor)[0]
+        return logits.float().cpu()
+
+    def reference(clip: FloatArray) -> torch.Tensor:
+        logits: torch.Tensor = loaded.model(input_values=torch.from_numpy(clip)[None]).logits
+        return logits
+
+    return run_gate(
+        forward,
+        reference,
+        normalised,
+        precision=precision,
+        sample_rate=description.sample_rate,
+        source=source,
+        progress=say,
+    )

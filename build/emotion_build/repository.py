@@ -24,6 +24,7 @@ __all__ = ["MODEL_SOURCES", "write_repository"]
 _PREPROCESS_SOURCES = (("preprocess_model.py", "model.py"), ("waveform.py", "waveform.py"))
 _RUNNER_SOURCES = (
     ("classifier_model.py", "model.py"),
+    ("cpu_features.py", "cpu_features.py"),
     ("heap.py", "heap.py"),
     ("ragged.py", "ragged.py"),
     ("waveform.py", "waveform.py"),

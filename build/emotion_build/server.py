@@ -36,7 +36,9 @@ from pathlib import Path
 from types import FrameType, TracebackType
 from typing import IO, TYPE_CHECKING
 
+from .description import CLASSIFIER_MODEL, PROVENANCE_FILE, Provenance
 from .security import GrpcTLS, TokenAuth
+from .triton_models.cpu_features import cpu_flags, emulation_warning
 
 if TYPE_CHECKING:
     from typing import Self
@@ -656,7 +658,8 @@ def serve(
             return _shell_status(error.exit_code if error.exit_code is not None else 1)
         if received:  # a signal that came before the pid existed
             return _shell_status(server.stop())
-        print(_summary(server, endpoints, host), flush=True)
+        print(_summary(server, endpoints, host, model_repository), flush=True)
+        _warn_about_precision(model_repository)
         stubs = server.python_stubs()
         while (exit_code := server.poll(timeout_s=_STUB_WATCH_INTERVAL_S)) is None:
             alive = {stub.pid for stub in server.python_stubs()}
@@ -680,11 +683,28 @@ def serve(
             signal.signal(signum, handler)
 
 
-def _summary(server: TritonServer, endpoints: Endpoints, bind_host: str) -> str:
+def _provenance(model_repository: Path) -> Provenance | None:
+    record = model_repository / CLASSIFIER_MODEL / "1" / PROVENANCE_FILE
+    return Provenance.from_json(record.read_text()) if record.is_file() else None
+
+
+def _warn_about_precision(model_repository: Path) -> None:
+    provenance = _provenance(model_repository)
+    warning = None if provenance is None else emulation_warning(provenance.dtype, cpu_flags())
+    if warning is not None:
+        print(f"WARNING: {warning}", file=sys.stderr, flush=True)
+
+
+def _summary(server: TritonServer, endpoints: Endpoints, bind_host: str, model_repository: Path) -> str:
     models = ", ".join(server.ready_models()) or "(none)"
+    provenance = _provenance(model_repository)
+    weights = "unknown (no export.json)" if provenance is None else provenance.dtype
+    if provenance is not None and provenance.precision_choice:
+        weights += f" ({provenance.precision_choice})"
     return "\n".join(
         [
             f"tritonserver {server.install.version} ready (pid {server.pid}), models: {models}",
+            f"  weights  {weights}",
             f"  gRPC     {endpoints.grpc_url}{' (TLS)' if server.tls else ''}",
             f"  HTTP     {endpoints.http_url}",
             f"  metrics  {endpoints.metrics_url}",

@@ -88,6 +88,7 @@ def parse_model_info(config: Mapping[str, Any], *, model_name: str) -> ModelInfo
         max_duration_s=max_duration_s,
         untrained=untrained_text.strip().lower() == "true",
         embedding_output=_optional_param(params, "embedding_output"),
+        weights_dtype=_optional_param(params, "weights_dtype") or "float32",
     )
     _check_declared(body, "input", (info.audio_input,), model_name)
     outputs = (info.probabilities_output, info.logits_output)

@@ -18,6 +18,7 @@ from typing import Any
 import numpy as np
 import torch
 import triton_python_backend_utils as pb_utils  # provided by Triton's Python-backend stub
+from cpu_features import cpu_flags, emulation_warning  # copied beside this file
 from heap import keep_freed_memory, malloc_set_by_environment  # copied beside this file
 from ragged import concatenate, length_groups, merge_groups, split_rows  # copied beside this file
 from waveform import WaveformError, WaveformLimits, validate  # copied beside this file
@@ -72,8 +73,26 @@ class TritonPythonModel:
         self.max_padding = float(parameters.get("max_padding_fraction", "inf"))
         self.device = torch.device(parameters.get("device") or self._instance_device(args))
         apply_jit_parameters(parameters)
+        self._warn_if_emulated(parameters.get("weights_dtype", "float32"))
         path = os.path.join(args["model_repository"], args["model_version"], "model.pt")
         self.model = torch.jit.load(path, map_location=self.device).eval()  # type: ignore[no-untyped-call]
+
+    def _warn_if_emulated(self, weights_dtype: str) -> None:
+        """bf16 weights on a CPU without bf16 instructions still answer right, several times slower:
+        say so at load, in the log and as a metric an operator can alert on (the export chose bf16
+        on a machine that had them; this one may not)."""
+        warning = emulation_warning(weights_dtype, cpu_flags()) if self.device.type == "cpu" else None
+        family = pb_utils.MetricFamily(
+            name="emotion_classifier_bf16_emulated",
+            description="1 when the classifier runs bf16 weights on a CPU without bf16 instructions (several "
+            "times slower than fp32; re-export with --dtype fp32)",
+            kind=pb_utils.MetricFamily.GAUGE,
+        )
+        self._metric_family = family  # both live as long as the model; finalize() drops the metric first
+        self._emulated_metric = family.Metric(labels={"model": "classifier"})
+        self._emulated_metric.set(0.0 if warning is None else 1.0)
+        if warning is not None:
+            pb_utils.Logger.log_warn(f"SLOW: {warning}")
 
     @staticmethod
     def _instance_device(args: dict[str, str]) -> str:
@@ -108,6 +127,11 @@ class TritonPythonModel:
             for index, response in zip(runnable, self._run(clips), strict=True):
                 responses[index] = response
         return responses
+
+    def finalize(self) -> None:
+        """A metric must go before its family, or the stub reports an invalid metric operation."""
+        self.__dict__.pop("_emulated_metric", None)
+        self.__dict__.pop("_metric_family", None)
 
     def _run(self, clips: list[Any]) -> list[Any]:
         try:
