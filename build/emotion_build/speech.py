@@ -104,4 +104,3 @@ def _mono_at(path: Path, sample_rate: int) -> FloatArray:
     if rate != sample_rate:
         mono = soxr.resample(mono, rate, sample_rate).astype(np.float32)
     return mono
-
