@@ -42,7 +42,7 @@ def release_pages(tensor: Any) -> int:
     CPU, a kernel that refuses (the data then simply stays until the region is reused)."""
     try:
         view = np.from_dlpack(tensor)
-    except (TypeError, RuntimeError, BufferError):
+    except (AttributeError, TypeError, RuntimeError, BufferError):  # no DLPack, not on the CPU, read-only
         return 0
     interior = page_interior(int(view.ctypes.data), int(view.nbytes))
     if interior is None:
