@@ -21,15 +21,17 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import soundfile
 from google.protobuf import text_format
 from oversize_burst import Burst, Outcome, burst, burst_table, outcome_summary
 from process_memory import total
-from triton_probes import clip, infer, refusal, report
+from triton_probes import clip, infer, model_counts, refusal, report, settled_counts
 from tritonclient.grpc import model_config_pb2 as mc
 
 from emotion_build.description import AUDIO_INPUT, CLASSIFIER_MODEL, ENSEMBLE_MODEL, WAVEFORM
 from emotion_build.server import TritonServer
 from emotion_build.server_memory import GRPC_MEMORY_ARGS
+from emotion_client import EmotionClient, InvalidAudioError
 
 REQUESTS = 8
 SAMPLES = 16_000_000
@@ -38,8 +40,8 @@ SETTLE_S = 5.0
 """Idle time before the 'after' reading: jemalloc returns freed pages after about a second."""
 GROWTH_BOUND_MIB = 48.0
 """Total PSS after a burst less before it. Measured at the ensemble: +6 MiB here, +10 and +1 MiB for
-issue 25's two bursts of 12 x 240 MB (before the bounds: +4.4 GiB, then +0.7 GiB). One request's
-audio is 61 MiB: keeping even one would fail this."""
+issue 25's two bursts of 12 x 240 MB (before the bounds: +4.4 GiB, then +0.7 GiB more). One
+request's audio is 61 MiB: keeping even one would fail this."""
 
 
 @pytest.fixture(scope="module")
@@ -116,3 +118,24 @@ def test_tritonserver_runs_jemalloc_without_pooled_requests_and_its_stubs_do_not
     assert "libjemalloc" in Path(f"/proc/{pid}/maps").read_text()
     for stub in oversize_server.python_stubs():
         assert "libjemalloc" not in Path(f"/proc/{stub.pid}/maps").read_text(), stub.instance
+
+
+def test_sdk_refuses_a_clip_over_the_servers_limit_before_sending_it(
+    oversize_server: TritonServer, tmp_path: Path
+) -> None:
+    """The SDK reads max_duration_s from the ensemble's config and checks arrays and files against
+    it before it builds a request: nothing reaches the server, whose statistics stay the same."""
+    url = oversize_server.endpoints.grpc_url
+    long_clip = clip(31.0, seed=31)[0]
+    path = tmp_path / "long.wav"
+    soundfile.write(path, long_clip, 16000)
+    before = settled_counts(url, ENSEMBLE_MODEL)
+    with EmotionClient(url, timeout_s=60) as sdk:
+        for source in (long_clip, path):
+            with pytest.raises(InvalidAudioError, match=r"31\.000 s long, longer than the maximum of 30 s") as error:
+                sdk.classify(source)
+            assert error.value.status is None, "raised locally, not by the server"
+    assert model_counts(url, ENSEMBLE_MODEL) == before
+    report(
+        "oversized requests", "SDK: 31 s array and file", tried=2, as_expected=2, note="InvalidAudioError, nothing sent"
+    )
