@@ -3,7 +3,7 @@
 PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
-APT_PACKAGES := espeak-ng sox libb64-0d libsndfile1 openssl
+APT_PACKAGES := espeak-ng sox libb64-0d libsndfile1 openssl libjemalloc2
 REPOSITORY ?= model_repository
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
@@ -24,7 +24,7 @@ typecheck: setup
 
 setup: system-deps $(BIN)/.installed
 
-system-deps:  ## Debian packages: speech for tests and samples, libb64 for perf_analyzer, libsndfile, openssl for test certificates
+system-deps:  ## Debian packages: speech for tests and samples, libb64 for perf_analyzer, libsndfile, openssl for test certificates, jemalloc for tritonserver
 	@missing=$$(for p in $(APT_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || echo $$p; done); \
 	if [ -n "$$missing" ]; then \
 		echo "installing Debian packages: $$missing"; \

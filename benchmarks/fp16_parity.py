@@ -27,8 +27,9 @@ import soxr
 import torch
 from throughput import REPO_ROOT, machine_name, write_section
 
-from emotion_build.export import FP16_PROBABILITY_TOLERANCE, conv_form_for, trace
+from emotion_build.export import conv_form_for, trace
 from emotion_build.loading import load_pretrained, random_model
+from emotion_build.precision import GATE_LIMITS
 from emotion_build.triton_models.ragged import concatenate
 from emotion_build.triton_models.waveform import FloatArray, normalise
 
@@ -45,6 +46,7 @@ SENTENCES = (
     "I suppose we could try again tomorrow.",
 )
 TOP1_TARGET = 0.99
+FP16_PROBABILITY_TOLERANCE = GATE_LIMITS["fp16"].max_abs_prob_diff
 
 
 def speech(count: int, seed: int) -> list[FloatArray]:

@@ -173,10 +173,16 @@ def one(objects: dict[tuple[str, str], dict[str, Any]], kind: str) -> dict[str, 
     return found
 
 
-def the_container(deployment: dict[str, Any]) -> dict[str, Any]:
+def the_container(deployment: dict[str, Any], name: str = "triton") -> dict[str, Any]:
     containers: list[dict[str, Any]] = deployment["spec"]["template"]["spec"]["containers"]
-    (container,) = containers
+    (container,) = [c for c in containers if c["name"] == name]
     return container
+
+
+def pod_ports(deployment: dict[str, Any]) -> dict[str, int]:
+    """Every named container port of the pod (a Service's named targetPort may be any container's)."""
+    containers: list[dict[str, Any]] = deployment["spec"]["template"]["spec"]["containers"]
+    return {p["name"]: p["containerPort"] for c in containers for p in c.get("ports", [])}
 
 
 def selects(selector: dict[str, str], labels: dict[str, str]) -> bool:
@@ -253,7 +259,7 @@ def export_stage(
     the torch installed here) and the output directory, moved under a temporary directory.
     """
     (run,) = [i.args for i in stage(dockerfile, "export") if i.keyword == "RUN" and "emotion_build export" in i.args]
-    export_dir, _ = copy_from(dockerfile, "export")
+    export_dir, _ = copy_from(stage(dockerfile, "serve"), "export")
     output = tmp_path_factory.mktemp("docker-export") / "repository"
     command = re.sub(r"--mount=\S+\s+", "", run)
     for name, value in {"MODEL": str(tiny_model_dir), "EXPORT_ARGS": "", "EXPECTED_TORCH": local_torch_release}.items():
@@ -464,7 +470,10 @@ def test_compose_runs_the_image_on_a_gpu_with_health_and_monitoring() -> None:
     ports = serve_ports()
     triton = services["triton"]
     assert (COMPOSE.parent / triton["build"]["context"] / triton["build"]["dockerfile"]).resolve() == DOCKERFILE
-    assert {int(mapping.split(":")[-1]) for mapping in triton["ports"]} == set(ports.values())
+    # Host ports are the server's; gRPC and HTTP lead to the edge in Triton's network namespace.
+    published = dict(mapping.split(":") for mapping in triton["ports"])
+    assert {int(host) for host in published} == set(ports.values())
+    assert int(published[str(ports["metrics"])]) == ports["metrics"]
     (device,) = triton["deploy"]["resources"]["reservations"]["devices"]
     assert "gpu" in device["capabilities"] and device["driver"] == "nvidia"
     assert f"http://localhost:{ports['http']}{HEALTH_READY}" in triton["healthcheck"]["test"]
@@ -526,10 +535,11 @@ def test_kustomization_applies_every_manifest_and_names_the_image() -> None:
     present = {p.name for p in K8S.glob("*.yaml")} - {"kustomization.yaml"}
     assert set(kustomization()["resources"]) == present - K8S_OUTSIDE_KUSTOMIZATION
     deployment = one(k8s_objects(), "Deployment")
-    (image,) = kustomization()["images"]
-    assert the_container(deployment)["image"].split(":")[0] == image["name"]
+    images = {image["name"] for image in kustomization()["images"]}
     (compose,) = yaml_documents(COMPOSE)
-    assert compose["services"]["triton"]["image"].split(":")[0] == image["name"]
+    for name in ("triton", "edge"):
+        image = the_container(deployment, name)["image"].split(":")[0]
+        assert image in images and compose["services"][name]["image"].split(":")[0] == image
 
 
 def test_deployment_asks_for_a_gpu_and_probes_triton_health(dockerfile: list[Instruction]) -> None:
@@ -537,11 +547,13 @@ def test_deployment_asks_for_a_gpu_and_probes_triton_health(dockerfile: list[Ins
     pod = deployment["spec"]["template"]["spec"]
     container = the_container(deployment)
     assert int(container["resources"]["limits"]["nvidia.com/gpu"]) >= 1
-    assert {p["name"]: p["containerPort"] for p in container["ports"]} == serve_ports()
-    probes = {kind: container[kind]["httpGet"] for kind in ("startupProbe", "readinessProbe", "livenessProbe")}
-    assert probes["readinessProbe"] == {"path": HEALTH_READY, "port": "http"}
-    assert probes["startupProbe"] == {"path": HEALTH_READY, "port": "http"}
-    assert probes["livenessProbe"] == {"path": HEALTH_LIVE, "port": "http"}
+    assert {p["name"]: p["containerPort"] for p in container["ports"]} == {"metrics": serve_ports()["metrics"]}
+    # gRPC and HTTP are on loopback behind the edge, so the probes ask from inside the container.
+    local = f"http://127.0.0.1:{serve_ports()['http']}"
+    probes = {kind: container[kind]["exec"]["command"] for kind in ("startupProbe", "readinessProbe", "livenessProbe")}
+    assert probes["readinessProbe"][-1] == probes["startupProbe"][-1] == f"{local}{HEALTH_READY}"
+    assert probes["livenessProbe"][-1] == f"{local}{HEALTH_LIVE}"
+    assert all(command[:2] == ["curl", "-fsS"] for command in probes.values())
     image_uid = int([i for i in stage(dockerfile, "serve") if i.keyword == "USER"][-1].args.split(":")[0])
     assert pod["securityContext"]["runAsNonRoot"] is True and pod["securityContext"]["runAsUser"] == image_uid
     shm = next(v for v in container["volumeMounts"] if v["mountPath"] == "/dev/shm")
@@ -556,7 +568,7 @@ def test_services_reach_the_pods_over_grpc_and_http() -> None:
     objects = k8s_objects()
     deployment = one(objects, "Deployment")
     labels = deployment["spec"]["template"]["metadata"]["labels"]
-    port_names = {p["name"]: p["containerPort"] for p in the_container(deployment)["ports"]}
+    port_names = pod_ports(deployment)
     services = [doc for (kind, _), doc in objects.items() if kind == "Service"]
     assert any(s["spec"].get("clusterIP") == "None" for s in services), "a headless Service for client-side balancing"
     assert any(
@@ -567,7 +579,8 @@ def test_services_reach_the_pods_over_grpc_and_http() -> None:
         ports = {p["name"]: p for p in service["spec"]["ports"]}
         assert {"grpc", "http"} <= set(ports)
         for name, port in ports.items():
-            assert port["targetPort"] == name and port["port"] == port_names[name]
+            assert port["targetPort"] == name and name in port_names
+            assert port["port"] == serve_ports()[name], "clients keep the server's ports"
 
 
 def test_autoscaler_scales_on_the_adapters_queue_time_metric() -> None:

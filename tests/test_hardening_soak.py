@@ -1,7 +1,7 @@
 """Soak: bounded mixed-length load on a dedicated server; no errors, every answer right, and the
 memory of tritonserver and each stub measured from the start to the end of the soak.
 
-Memory is PSS (triton_probes.Resident), not RSS: when a stub's /dev/shm region grows, tritonserver
+Memory is PSS (process_memory.Resident), not RSS: when a stub's /dev/shm region grows, tritonserver
 and the stub map it again whole and keep the old mapping, so RSS counts its pages once more in both.
 A 2 MiB growth of a region then read as +17 MiB of RSS; summed PSS counts each page once.
 
@@ -30,7 +30,8 @@ from pathlib import Path
 import numpy as np
 import numpy.typing as npt
 import pytest
-from triton_probes import Resident, clip, format_table, infer, report, resident
+from process_memory import Resident, processes, region_mib, resident, total
+from triton_probes import clip, format_table, infer, report
 from tritonclient.utils import InferenceServerException
 
 from emotion_build.server import TritonServer
@@ -42,7 +43,6 @@ WARMUP_REQUESTS = 300
 """The warm-up also lasts until this many requests (at most a minute), so that a busy machine, which
 serves fewer per second, still settles the small-object heaps before the first reading."""
 MMAP_THRESHOLD = "131072"
-SHM_DIR = Path("/dev/shm")
 GROWTH_BOUND_MIB = 32.0
 """Total PSS growth allowed from the end of the warm-up to the end of the soak, all processes.
 Measured as RSS over 60 s: -7 to +37 MiB, the top of it a shared-memory region's growth counted
@@ -50,26 +50,6 @@ over again by RSS (see above); as PSS, -0.4 to +10.1 MiB (the top inside `make t
 each request's audio once would exceed it after some 70 requests of the average clip; being
 absolute, the bound gets stricter per request the longer the soak: 30 minutes (~30k requests)
 catch a leak of about 1 KiB per request."""
-
-
-def processes(server: TritonServer) -> dict[str, int]:
-    assert server.pid is not None
-    names = {"tritonserver": server.pid}
-    names.update({stub.instance: stub.pid for stub in server.python_stubs()})
-    return names
-
-
-def total(memory: dict[str, Resident]) -> Resident:
-    return Resident(
-        rss_kib=sum(m.rss_kib for m in memory.values()),
-        pss_kib=sum(m.pss_kib for m in memory.values()),
-        shmem_rss_kib=sum(m.shmem_rss_kib for m in memory.values()),
-    )
-
-
-def region_mib(server: TritonServer) -> dict[str, float]:
-    """Each stub's shared-memory region: the size it has grown to, which only grows."""
-    return {stub.instance: (SHM_DIR / stub.shm_region).stat().st_size / 2**20 for stub in server.python_stubs()}
 
 
 class Load:

@@ -1,4 +1,5 @@
-"""Raw tritonclient requests, server statistics, process memory and the hardening report table.
+"""Raw tritonclient requests, server statistics and the hardening report table (process memory:
+benchmarks/process_memory.py).
 
 The hardening tests talk to the server with tritonclient directly (not the SDK) wherever the
 server's own behaviour is under test, so that no client-side check can hide a server-side gap.
@@ -131,35 +132,6 @@ def settled_counts(url: str, model: str, *, headers: Mapping[str, str] | None = 
             return current
         previous = current
     return previous
-
-
-@dataclasses.dataclass(frozen=True, slots=True)
-class Resident:
-    """A live process's resident memory, from /proc/<pid>/status and smaps_rollup, in KiB.
-
-    RSS counts a shared page in full in every process that maps it, and once per mapping: the
-    Python backend's /dev/shm region is mapped by both tritonserver and the stub, and each time the
-    region grows both map it again whole and keep the old mapping (python_backend's
-    `old_shm_maps_`), so pages touched through both count twice. PSS divides each page among its
-    mappings, so PSS summed over a process group counts every page it holds exactly once.
-    """
-
-    rss_kib: int
-    pss_kib: int
-    shmem_rss_kib: int
-    """RSS of shared memory (the stubs' /dev/shm regions), counted per mapping."""
-
-
-def resident(pid: int) -> Resident:
-    def fields(name: str) -> dict[str, int]:
-        lines = Path(f"/proc/{pid}/{name}").read_text().splitlines()
-        pairs = (line.partition(":") for line in lines)
-        return {key: int(value.split()[0]) for key, _, value in pairs if value.strip().endswith("kB")}
-
-    rollup, status = fields("smaps_rollup"), fields("status")
-    if "Pss" not in rollup or "VmRSS" not in status:
-        raise AssertionError(f"/proc/{pid} has no resident memory (a zombie?)")
-    return Resident(rss_kib=status["VmRSS"], pss_kib=rollup["Pss"], shmem_rss_kib=status["RssShmem"])
 
 
 # ------------------------------------------------------------------------------------------------

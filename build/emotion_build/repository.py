@@ -21,12 +21,18 @@ from .description import (
 
 __all__ = ["MODEL_SOURCES", "write_repository"]
 
-_PREPROCESS_SOURCES = (("preprocess_model.py", "model.py"), ("waveform.py", "waveform.py"))
+_PREPROCESS_SOURCES = (
+    ("preprocess_model.py", "model.py"),
+    ("heap.py", "heap.py"),
+    ("shm_pages.py", "shm_pages.py"),
+    ("waveform.py", "waveform.py"),
+)
 _RUNNER_SOURCES = (
     ("classifier_model.py", "model.py"),
     ("cpu_features.py", "cpu_features.py"),
     ("heap.py", "heap.py"),
     ("ragged.py", "ragged.py"),
+    ("shm_pages.py", "shm_pages.py"),
     ("waveform.py", "waveform.py"),
 )
 

@@ -38,6 +38,7 @@ from typing import IO, TYPE_CHECKING
 
 from .description import CLASSIFIER_MODEL, PROVENANCE_FILE, Provenance
 from .security import GrpcTLS, TokenAuth
+from .server_memory import GRPC_MEMORY_ARGS, find_jemalloc, memory_environment, stub_environment_file
 from .triton_models.cpu_features import cpu_flags, emulation_warning
 
 if TYPE_CHECKING:
@@ -268,6 +269,7 @@ class TritonServer:
         tls: GrpcTLS | None = None,
         auth: TokenAuth | None = None,
         http_host: str | None = None,
+        memory_bounds: bool = True,
     ) -> None:
         """`log_file` None keeps the output in a temporary file (read back into memory and deleted at
         stop); `log_to_stderr` sends it straight to our stderr instead, for an operator watching
@@ -275,7 +277,9 @@ class TritonServer:
 
         `tls` makes gRPC TLS-only; `auth` requires its header on every protected API of gRPC and
         HTTP (our own readiness probes send it). `http_host` binds HTTP and metrics elsewhere than
-        `host`; both have no TLS in Triton, so keep them on loopback when gRPC is exposed with TLS."""
+        `host`; both have no TLS in Triton, so keep them on loopback when gRPC is exposed with TLS.
+        `memory_bounds` (server_memory.py) gives back what a request used once it is answered;
+        False launches Triton's defaults, for measuring what they keep."""
         if log_file is not None and log_to_stderr:
             raise ValueError("log_file and log_to_stderr are exclusive: the output goes to one place")
         self._model_repository = Path(model_repository)
@@ -295,6 +299,7 @@ class TritonServer:
         self._endpoints: Endpoints | None = None
         self._exit_code: int | None = None
         self._shm_regions: tuple[str, ...] = ()
+        self._memory_bounds = memory_bounds
 
     def __enter__(self) -> Self:
         self.start()
@@ -495,6 +500,8 @@ class TritonServer:
             command.extend(self._auth.server_args())
         if install.caches_dir is not None:
             command.append(f"--cache-directory={install.caches_dir}")
+        if self._memory_bounds:
+            command.extend(GRPC_MEMORY_ARGS)
         command.extend(self._extra_args)
         shown = " ".join(command)
         if self._auth is not None:
@@ -511,13 +518,28 @@ class TritonServer:
                 output = stack.enter_context(self._log_path.open("wb"))
             self._process = subprocess.Popen(
                 command,
-                env=_server_environment(install, os.environ),
+                env=self._environment(install),
                 stdin=subprocess.DEVNULL,
                 stdout=output,
                 stderr=subprocess.STDOUT,
                 start_new_session=True,
             )
         _RUNNING.add(self)
+
+    def _environment(self, install: TritonInstall) -> dict[str, str]:
+        env = _server_environment(install, os.environ)
+        if not self._memory_bounds:
+            return env
+        jemalloc = find_jemalloc()
+        if jemalloc is None:
+            _LOGGER.warning(
+                "jemalloc is not installed (Debian: apt-get install libjemalloc2): tritonserver keeps what "
+                "large requests' gRPC buffers freed (docs/hardening.md, 'Oversized requests')"
+            )
+            return env
+        return memory_environment(
+            env, jemalloc=jemalloc, stub_environment=stub_environment_file(install.backends_dir.parent)
+        )
 
     def _wait_until_ready(self, deadline: float, ready_timeout_s: float) -> None:
         process = self._require_process()

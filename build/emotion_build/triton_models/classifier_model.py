@@ -5,7 +5,8 @@ same ragged batch that backend would build, so every target serves one artifact.
 its instance group puts it: KIND_CPU on the CPU (the cpu target), KIND_GPU on that instance's GPU
 (the gpu-python target, for the pip tritonserver on a GPU machine). Each clip is checked on its
 own first (the classifier can be called without the ensemble): a bad clip gets its own
-INVALID_ARG response and the rest of the batch runs without it.
+INVALID_ARG response, its pages in the stub's shared memory go back to the kernel (shm_pages.py),
+and the rest of the batch runs without it.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ import triton_python_backend_utils as pb_utils  # provided by Triton's Python-ba
 from cpu_features import cpu_flags, emulation_warning  # copied beside this file
 from heap import keep_freed_memory, malloc_set_by_environment  # copied beside this file
 from ragged import concatenate, length_groups, merge_groups, split_rows  # copied beside this file
+from shm_pages import release_pages  # copied beside this file
 from waveform import WaveformError, WaveformLimits, validate  # copied beside this file
 
 JIT_SWITCHES: dict[str, Callable[[bool], object]] = {
@@ -114,9 +116,11 @@ class TritonPythonModel:
         responses: list[Any] = [None] * len(requests)
         clips, runnable = [], []
         for index, request in enumerate(requests):
+            waveform = pb_utils.get_input_tensor_by_name(request, self.input_name)
             try:
-                clip = validate(pb_utils.get_input_tensor_by_name(request, self.input_name).as_numpy(), self.limits)
+                clip = validate(waveform.as_numpy(), self.limits)
             except WaveformError as error:
+                release_pages(waveform)
                 responses[index] = pb_utils.InferenceResponse(
                     error=pb_utils.TritonError(str(error), pb_utils.TritonError.INVALID_ARG)
                 )
