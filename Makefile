@@ -7,7 +7,7 @@ APT_PACKAGES := espeak-ng sox libb64-0d libsndfile1 openssl libjemalloc2
 REPOSITORY ?= model_repository
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: demo test lint typecheck setup system-deps repository serve bench bench-quick bench-tune bench-fp16 bench-drift bench-overhead clean
+.PHONY: demo test lint typecheck setup system-deps repository serve bench bench-quick bench-tune bench-precision bench-variants bench-drift bench-overhead clean
 
 demo: setup  ## export (real weights when reachable), serve on CPU, classify samples/, stop
 	$(BIN)/python -m emotion_build demo --model-repository $(REPOSITORY) --samples samples
@@ -52,8 +52,11 @@ bench-quick: setup  ## the same with short windows and fewer points (~14 min)
 bench-tune: setup  ## dynamic-batching settings measured one server at a time (~12 min)
 	$(BIN)/python benchmarks/throughput.py --tune --workloads 1s mixed --concurrency 1 8 $(BENCH_ARGS)
 
-bench-fp16: setup  ## parity of a half-precision export against fp32 on speech (~4 min on CPUs with fp16 units, far longer without)
-	$(BIN)/python benchmarks/fp16_parity.py
+bench-precision: setup  ## the bf16 export's precision gate on 100 speech clips against fp32 eager (~4 min)
+	$(BIN)/python benchmarks/precision_parity.py $(BENCH_ARGS)
+
+bench-variants: setup  ## forms of the exported module (bf16/fp32, sdpa, frozen, conv forms) timed in turn, with their precision (~20 min)
+	$(BIN)/python benchmarks/module_variants.py $(BENCH_ARGS)
 
 bench-overhead: setup  ## what the serving path costs per request with no model behind it: a GPU server's CPU side (~7 min)
 	$(BIN)/python benchmarks/serving_overhead.py $(BENCH_ARGS)

@@ -185,9 +185,11 @@ class RaggedEmotionClassifier(nn.Module):
     def forward(self, waveform: Tensor, waveform_ends: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         padded, lengths = pad_ragged(waveform, waveform_ends)
         features = self._conv_features(padded, lengths)
-        frames = self.frame_lengths(lengths)
-        frame_valid = valid_mask(features.transpose(1, 2), frames)
+        return self.classify(features, valid_mask(features.transpose(1, 2), self.frame_lengths(lengths)))
 
+    def classify(self, features: Tensor, frame_valid: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """Conv features [batch, frames, channels] to logits, probabilities and the pooled embedding,
+        every step that mixes frames masked by `frame_valid` [batch, frames]."""
         hidden, _ = self.feature_projection(features)
         hidden = hidden * frame_valid.unsqueeze(-1).to(hidden.dtype)
         hidden = hidden + self._positional(hidden)

@@ -26,6 +26,7 @@ __all__ = [
     "SpeechUnavailableError",
     "espeak_available",
     "read_speech",
+    "speech_for_measurement",
     "synthesise",
 ]
 
@@ -104,3 +105,14 @@ def _mono_at(path: Path, sample_rate: int) -> FloatArray:
     if rate != sample_rate:
         mono = soxr.resample(mono, rate, sample_rate).astype(np.float32)
     return mono
+
+
+def speech_for_measurement(
+    count: int, *, sample_rate: int, seed: int, directory: Path | None = None
+) -> tuple[list[FloatArray], str]:
+    """`count` clips for a benchmark: from `directory` where given (a machine without espeak-ng, such
+    as a lent GPU, gets recorded clips), else synthesised; and where they came from."""
+    if directory is None:
+        return synthesise(count, sample_rate=sample_rate, seed=seed), f"espeak-ng, {len(VOICES)} voices"
+    clips = read_speech(directory, sample_rate=sample_rate, min_samples=1, max_samples=2**31 - 1)[:count]
+    return clips, f"{len(clips)} recorded clips from {directory.name}/"

@@ -1,0 +1,281 @@
+"""Which form of the exported module is fastest on this device, and what each form costs in precision.
+
+Every variant is built in one process and the variants are called in turn, shape by shape, so the
+drift of a shared machine (a third within minutes on the project's VM) falls on all of them
+alike; the table gives each variant's median throughput and its median speed ratio to the
+reference variant over the turns. Precision: each variant's largest |Δprobability| against the
+eager fp32 model on espeak-ng speech (each clip alone). Variants:
+
+- fp32, bf16, fp16: the module as `export` traces it for this device's target, in that precision;
+- -sdpa: the encoder's attention traced as PyTorch's fused scaled-dot-product attention;
+- -frozen, -frozen-ofi: `torch.jit.freeze`, then `torch.jit.optimize_for_inference` as well;
+- -other-convs: the other form of the two convolutions (matrix products on CPU, native on CUDA);
+- -gn-native: the first layer's group norm run in the weights' precision (PyTorch's kernels
+  accumulate its statistics in fp32 either way) instead of casting that layer's output to fp32;
+- -fp32-front: the first conv layer and its group norm in fp32 (a precision lever: what it costs);
+- hf-fp32, hf-bf16: the Hugging Face model itself on a padded batch (its default attention).
+
+    python benchmarks/module_variants.py --threads 1 --threads 2          # CPU, bf16 variants
+    python benchmarks/module_variants.py --device cuda --dtype fp16       # a GPU
+
+The table goes between the `variants` markers of docs/benchmarks.md (`variants-gpu` on CUDA).
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import dataclasses
+import datetime
+import statistics
+import sys
+import time
+import warnings
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from throughput import REPO_ROOT, machine_name, write_section
+from torch import Tensor, nn
+
+from emotion_build import batched_classifier
+from emotion_build.batched_classifier import RaggedEmotionClassifier
+from emotion_build.export import conv_form_for
+from emotion_build.loading import LoadedModel, random_model
+from emotion_build.precision import TORCH_DTYPES
+from emotion_build.speech import speech_for_measurement
+from emotion_build.triton_models.heap import keep_freed_memory
+from emotion_build.triton_models.ragged import concatenate
+from emotion_build.triton_models.waveform import FloatArray, normalise
+
+RATE = 16000
+SHAPES = {
+    ("cpu", 1): [(1, 1.0), (4, 1.0), (1, 4.0), (1, 10.0)],
+    ("cpu", 2): [(1, 1.0), (8, 1.0), (4, 4.0), (2, 10.0)],
+    ("cuda", 0): [(32, 1.0), (32, 4.0), (16, 10.0)],
+}
+FORMS = ("", "-sdpa", "-frozen", "-frozen-ofi", "-other-convs", "-gn-native", "-fp32-front")
+Call = Callable[[FloatArray, Sequence[int]], Tensor]
+"""A flat batch and its clip ends -> probabilities [clips, classes]."""
+
+
+class FrontEndChoices(RaggedEmotionClassifier):
+    """The exported module with the first conv layer's precision changed, for the -gn-native and
+    -fp32-front variants only (the export keeps the statistics in fp32 on a cast copy)."""
+
+    def __init__(self, model: Any, conv_form: batched_classifier.ConvForm, front: str) -> None:
+        super().__init__(model, conv_form)
+        self.front = front
+        if front == "fp32":
+            self.front_layer = copy.deepcopy(self.conv_layers[0]).float()
+
+    def _conv_features(self, padded: Tensor, lengths: Tensor) -> Tensor:
+        kernel, stride = self.conv_geometry[0]
+        valid_frames = torch.div(lengths - kernel, stride, rounding_mode="floor") + 1
+        first: Any = self.front_layer if self.front == "fp32" else self.conv_layers[0]
+        hidden = first.conv((padded if self.front == "fp32" else padded.to(self.weight_dtype)).unsqueeze(1))
+        norm = first.layer_norm
+        weight, bias = norm.weight.to(hidden.dtype), norm.bias.to(hidden.dtype)
+        normed = native_group_norm(hidden, valid_frames, weight, bias, float(norm.eps))
+        hidden = first.activation(normed).to(self.weight_dtype)
+        for conv_layer in list(self.conv_layers)[1:]:
+            hidden = conv_layer(hidden)
+        features: Tensor = hidden.transpose(1, 2)
+        return features
+
+
+@torch.jit.script
+def native_group_norm(hidden: Tensor, valid_frames: Tensor, weight: Tensor, bias: Tensor, eps: float) -> Tensor:
+    """clip_group_norm without the cast to fp32: per clip, in the input's own precision."""
+    channels = hidden.shape[1]
+    if bool((valid_frames == hidden.shape[-1]).all()):
+        return torch.group_norm(hidden, channels, weight, bias, eps)
+    normed = torch.empty_like(hidden)
+    counts: list[int] = valid_frames.tolist()
+    for row, count in enumerate(counts):
+        normed[row, :, :count] = torch.group_norm(hidden[row : row + 1, :, :count], channels, weight, bias, eps)[0]
+        normed[row, :, count:] = 0.0
+    return normed
+
+
+def traced(module: nn.Module, device: str, *, freeze: bool = False, ofi: bool = False) -> Call:
+    module = module.eval().to(device)
+    example = (torch.randn(RATE + 9600, device=device), torch.tensor([RATE, RATE + 9600], device=device).int())
+    with warnings.catch_warnings(), torch.no_grad():
+        warnings.simplefilter("ignore")
+        script: Any = torch.jit.trace(module, example, check_trace=False)  # type: ignore[no-untyped-call]
+    if freeze:
+        script = torch.jit.freeze(script.eval())
+    if ofi:
+        script = torch.jit.optimize_for_inference(script)
+
+    def call(flat: FloatArray, ends: Sequence[int]) -> Tensor:
+        ends_tensor = torch.tensor(list(ends), dtype=torch.int32, device=device)
+        probabilities: Tensor = script(torch.from_numpy(flat).to(device), ends_tensor)[1]
+        return probabilities
+
+    return call
+
+
+def hf_padded(loaded: LoadedModel, dtype: torch.dtype, device: str) -> Call:
+    """The plain Hugging Face model on a zero-padded batch, as a user batching it themselves would run it."""
+    model = copy.deepcopy(loaded.model)
+    model.config._attn_implementation = "sdpa"
+    nn.Module.to(model, device=device, dtype=dtype)
+
+    def call(flat: FloatArray, ends: Sequence[int]) -> Tensor:
+        starts = [0, *ends[:-1]]
+        batch = torch.zeros(len(ends), max(e - s for s, e in zip(starts, ends, strict=True)), dtype=dtype)
+        for row, (start, end) in enumerate(zip(starts, ends, strict=True)):
+            batch[row, : end - start] = torch.from_numpy(flat[start:end])
+        logits: Tensor = model(batch.to(device)).logits
+        return torch.softmax(logits.float(), dim=-1)
+
+    return call
+
+
+def build(name: str, loaded: LoadedModel, device: str) -> Call:
+    if name.startswith("hf-"):
+        return hf_padded(loaded, TORCH_DTYPES[name.removeprefix("hf-")], device)  # type: ignore[index]
+    precision, _, form = name.partition("-")
+    target_form = conv_form_for("gpu" if device.startswith("cuda") else "cpu")
+    conv_form: batched_classifier.ConvForm = target_form
+    if form == "other-convs":
+        conv_form = "native" if target_form == "matmul" else "matmul"
+    model = copy.deepcopy(loaded.model)
+    if form == "sdpa":
+        model.config._attn_implementation = "sdpa"
+    nn.Module.to(model, TORCH_DTYPES[precision])  # type: ignore[index]
+    if form in ("gn-native", "fp32-front"):
+        front = "fp32" if form == "fp32-front" else "native"
+        return traced(FrontEndChoices(model, conv_form, front), device)
+    module = RaggedEmotionClassifier(model, conv_form)
+    return traced(module, device, freeze=form.startswith("frozen"), ofi=form == "frozen-ofi")
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Measured:
+    variant: str
+    shape: str
+    audio_s_per_s: float
+    ratio: float
+    """Median over the turns of the reference's time over this variant's: above 1 is faster."""
+
+
+def measure(calls: dict[str, Call], reference: str, shape: tuple[int, float], point_s: float) -> list[Measured]:
+    size, seconds = shape
+    rng = np.random.default_rng(0)
+    clips = [normalise((0.1 * rng.standard_normal(round(seconds * RATE))).astype(np.float32), do_normalize=True)]
+    flat, ends_array = concatenate(clips * size)
+    ends = ends_array.tolist()
+    times: dict[str, list[float]] = {name: [] for name in calls}
+    with torch.inference_mode():
+        for call in calls.values():  # TorchScript's profiling runs, and the allocator's first batch
+            call(flat, ends)
+            call(flat, ends)
+        began = time.perf_counter()
+        while time.perf_counter() - began < point_s * len(calls) or len(times[reference]) < 3:
+            for name, call in calls.items():
+                start = time.perf_counter()
+                call(flat, ends)
+                if torch.cuda.is_available():
+                    torch.cuda.synchronize()
+                times[name].append(time.perf_counter() - start)
+    return [
+        Measured(
+            name,
+            f"{size}x{seconds:g}s",
+            size * seconds / statistics.median(times[name]),
+            statistics.median(r / t for r, t in zip(times[reference], times[name], strict=True)),
+        )
+        for name in calls
+    ]
+
+
+def drift(calls: dict[str, Call], loaded: LoadedModel, clips: Sequence[FloatArray]) -> dict[str, float]:
+    """Each variant's largest |Δprobability| against the eager fp32 model, each clip alone."""
+    with torch.inference_mode():
+        eager = [torch.softmax(loaded.model(input_values=torch.from_numpy(c)[None]).logits, -1) for c in clips]
+        return {
+            name: max(
+                float((call(c, [c.size]).float().cpu() - e).abs().max()) for c, e in zip(clips, eager, strict=True)
+            )
+            for name, call in calls.items()
+        }
+
+
+def markdown(results: dict[int, list[Measured]], drifts: dict[str, float], args: argparse.Namespace, clips: int) -> str:
+    lines = [
+        f"Measured {datetime.date.today().isoformat()} on {machine_name(args.device)}, random-init:{args.random_init}; "
+        f"`python benchmarks/module_variants.py {' '.join(sys.argv[1:])}`. Audio-seconds per second at "
+        f"batch x clip length, and in brackets the median speed ratio to `{args.reference}` over turns that call "
+        f"every variant in turn; Δprob: largest |Δprobability| against eager fp32 HF on {clips} clips of "
+        f"1-10 s ({args.speech_source}), each alone.",
+    ]
+    for threads, measured in results.items():
+        shapes = list(dict.fromkeys(m.shape for m in measured))
+        label = f"{threads} thread{'s' if threads > 1 else ''}" if threads else "device"
+        lines += [
+            "",
+            f"| variant ({label}) | " + " | ".join(shapes) + " | Δprob |",
+            "|---|" + "---:|" * (len(shapes) + 1),
+        ]
+        for variant in dict.fromkeys(m.variant for m in measured):
+            cells = [next(m for m in measured if m.variant == variant and m.shape == s) for s in shapes]
+            row = " | ".join(f"{m.audio_s_per_s:,.1f} ({m.ratio:.2f}x)" for m in cells)
+            lines.append(f"| {variant} | {row} | {drifts.get(variant, float('nan')):.1e} |")
+    return "\n".join(lines)
+
+
+def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--dtype", choices=("bf16", "fp16"), default="bf16", help="the reduced precision measured")
+    parser.add_argument("--random-init", choices=("tiny", "base"), default="base")
+    parser.add_argument("--variants", nargs="+", help="default: fp32, the dtype in every form, hf-fp32, hf-<dtype>")
+    parser.add_argument("--threads", type=int, action="append", help="torch intra-op threads (CPU; repeatable)")
+    parser.add_argument("--point-s", type=float, default=4.0, help="seconds per variant per shape")
+    parser.add_argument("--clips", type=int, default=16, help="speech clips for the Δprob column")
+    parser.add_argument("--speech", type=Path, help="a folder of recorded clips instead of espeak-ng (a GPU machine)")
+    parser.add_argument("--output", type=Path, default=REPO_ROOT / "docs" / "benchmarks.md")
+    parser.add_argument("--no-write", action="store_true", help="print the table only")
+    args = parser.parse_args(argv)
+    args.variants = args.variants or ["fp32", *(args.dtype + form for form in FORMS), "hf-fp32", f"hf-{args.dtype}"]
+    args.reference = args.dtype
+    args.threads = [0] if args.device.startswith("cuda") else (args.threads or [1, 2])
+    return args
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parse_args(argv)
+    keep_freed_memory(1024 * 2**20)  # as the cpu runner: no page faults per batch
+    loaded = random_model(args.random_init)
+    calls = {name: build(name, loaded, args.device) for name in args.variants}
+    if args.reference not in calls:
+        calls = {args.reference: build(args.reference, loaded, args.device), **calls}
+    raw, args.speech_source = speech_for_measurement(args.clips, sample_rate=RATE, seed=3, directory=args.speech)
+    speech = [normalise(c, do_normalize=True) for c in raw]
+    torch.set_num_threads(max(args.threads))
+    drifts = drift(calls, loaded, speech)
+    results: dict[int, list[Measured]] = {}
+    kind = "cuda" if args.device.startswith("cuda") else "cpu"
+    for threads in args.threads:
+        if threads:
+            torch.set_num_threads(threads)
+        results[threads] = []
+        shapes = SHAPES[("cuda", 0)] if kind == "cuda" else SHAPES.get((kind, threads), SHAPES[("cpu", 2)])
+        for shape in shapes:
+            measured = measure(calls, args.reference, shape, args.point_s)
+            print(" | ".join(f"{m.variant} {m.audio_s_per_s:.1f} ({m.ratio:.2f}x)" for m in measured), flush=True)
+            results[threads] += measured
+    table = markdown(results, drifts, args, len(speech))
+    print(table)
+    if not args.no_write:
+        write_section(args.output, "variants-gpu" if kind == "cuda" else "variants", table)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
