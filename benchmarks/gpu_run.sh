@@ -78,9 +78,9 @@ run() {
     local speech=() report="$out/benchmarks.md"
     [ -d .gpu/rest/speech ] && speech=(--speech .gpu/rest/speech)
     cp docs/benchmarks.md "$report"
-    local half=fp16 point=4 clips=40 concurrency=(32 64 128) workloads=(1s 4s 10s)
+    local half=fp16 point=4 clips=40 concurrency=(32 64 128) workloads=(1s 4s 10s) aoti=(--aoti)
     if [ "$device" = cpu ]; then half=bf16; concurrency=(1 4); fi
-    if [ $quick = 1 ]; then point=0.5; clips=8; workloads=(1s); fi
+    if [ $quick = 1 ]; then point=0.5; clips=8; workloads=(1s); aoti=(); fi
     { nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv 2>/dev/null || true
       "$PY" -c 'import torch, transformers; print("torch", torch.__version__, "transformers", transformers.__version__)'
     } | tee "$out/machine.txt"
@@ -88,7 +88,7 @@ run() {
     step() { echo "[$(date +%H:%M:%S)] $*" | tee -a "$out/steps.log"; }
     step "1/3 module variants"
     "$PY" benchmarks/module_variants.py --device "$device" --dtype "$half" --random-init "$size" \
-        --point-s "$point" --clips "$clips" "${speech[@]}" --output "$report" --aoti 2>&1 | tee "$out/variants.log"
+        --point-s "$point" --clips "$clips" "${speech[@]}" --output "$report" "${aoti[@]}" 2>&1 | tee "$out/variants.log"
     step "2/3 precision gates"
     for precision in fp16 bf16; do
         [ "$device" = cpu ] && [ $precision = fp16 ] && continue  # no fp16 arithmetic on this CPU

@@ -13,6 +13,8 @@ eager fp32 model on espeak-ng speech (each clip alone). Variants:
 - -gn-native: the first layer's group norm run in the weights' precision (PyTorch's kernels
   accumulate its statistics in fp32 either way) instead of casting that layer's output to fp32;
 - -fp32-front: the first conv layer and its group norm in fp32 (a precision lever: what it costs);
+- -aoti (--aoti): a padded-batch form compiled by AOTInductor (`torch.export`, dynamic batch and
+  length, group-norm statistics as masked sums): fused elementwise kernels TorchScript lacks;
 - hf-fp32, hf-bf16: the Hugging Face model itself on a padded batch (its default attention).
 
     python benchmarks/module_variants.py --threads 1 --threads 2          # CPU, bf16 variants
@@ -29,6 +31,7 @@ import dataclasses
 import datetime
 import statistics
 import sys
+import tempfile
 import time
 import warnings
 from collections.abc import Callable, Sequence
@@ -100,6 +103,72 @@ def native_group_norm(hidden: Tensor, valid_frames: Tensor, weight: Tensor, bias
     return normed
 
 
+class PaddedForExport(RaggedEmotionClassifier):
+    """The module on a zero-padded batch with every mask made of tensor operations (group-norm
+    statistics as masked sums, one matrix product for the positional conv): no per-clip loop and no
+    host read, so `torch.export` traces it with a dynamic batch and length for AOTInductor."""
+
+    def forward(self, padded: Tensor, lengths: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        first: Any = self.conv_layers[0]
+        kernel, stride = self.conv_geometry[0]
+        hidden = first.conv(padded.to(self.weight_dtype).unsqueeze(1)).float()
+        valid_frames = torch.div(lengths - kernel, stride, rounding_mode="floor") + 1
+        steps = torch.arange(hidden.shape[-1], device=hidden.device)
+        mask = (steps.unsqueeze(0) < valid_frames.unsqueeze(1)).unsqueeze(1).to(hidden.dtype)
+        count = valid_frames.to(hidden.dtype).view(-1, 1, 1)
+        mean = (hidden * mask).sum(-1, keepdim=True) / count
+        centred = (hidden - mean) * mask
+        variance = (centred * centred).sum(-1, keepdim=True) / count
+        norm = first.layer_norm
+        normed = centred * torch.rsqrt(variance + norm.eps) * norm.weight.float().view(1, -1, 1)
+        normed = (normed + norm.bias.float().view(1, -1, 1)) * mask
+        hidden = first.activation(normed.to(self.weight_dtype))
+        for conv_layer in list(self.conv_layers)[1:]:
+            hidden = conv_layer(hidden)
+        frames = self.frame_lengths(lengths)
+        positions = torch.arange(hidden.shape[-1], device=hidden.device)
+        return self.classify(hidden.transpose(1, 2), positions.unsqueeze(0) < frames.unsqueeze(1))
+
+    def _positional(self, hidden: Tensor) -> Tensor:
+        if not self.matmul_convs:
+            return super()._positional(hidden)
+        weight: Any = self.positional_weight
+        groups, span, _ = weight.shape
+        kernel = span // (hidden.shape[2] // groups)
+        steps = hidden.shape[1]
+        padded = nn.functional.pad(hidden, [0, 0, self.positional_padding, self.positional_padding])
+        windows = padded.unfold(1, kernel, 1)[:, :steps].reshape(-1, groups, span).transpose(0, 1)
+        bias: Any = self.positional_bias
+        products = torch.baddbmm(bias.view(groups, 1, -1), windows, weight)
+        activated: Tensor = self.encoder.pos_conv_embed.activation(products.transpose(0, 1).reshape(hidden.shape))
+        return activated
+
+
+def aoti(model: Any, conv_form: batched_classifier.ConvForm, device: str, package: Path) -> Call:
+    """PaddedForExport compiled ahead of time by AOTInductor (minutes), then called like the others."""
+    module = PaddedForExport(model, conv_form).eval().to(device)
+    batch, samples = torch.export.Dim.DYNAMIC, torch.export.Dim.DYNAMIC  # export derives the bounds
+    example = (torch.randn(2, 2 * RATE, device=device), torch.tensor([2 * RATE, RATE], device=device))
+    with torch.no_grad():
+        program = torch.export.export(
+            module, example, dynamic_shapes={"padded": {0: batch, 1: samples}, "lengths": {0: batch}}
+        )
+        path = torch._inductor.aoti_compile_and_package(program, package_path=str(package))
+    runner = torch._inductor.aoti_load_package(path)
+
+    def call(flat: FloatArray, ends: Sequence[int]) -> Tensor:
+        starts = [0, *ends[:-1]]
+        lengths = [end - start for start, end in zip(starts, ends, strict=True)]
+        batch_tensor = torch.zeros(len(ends), max(lengths))
+        for row, (start, end) in enumerate(zip(starts, ends, strict=True)):
+            batch_tensor[row, : end - start] = torch.from_numpy(flat[start:end])
+        outputs = runner(batch_tensor.to(device), torch.tensor(lengths, device=device))
+        probabilities: Tensor = outputs[1]
+        return probabilities
+
+    return call
+
+
 def traced(module: nn.Module, device: str, *, freeze: bool = False, ofi: bool = False) -> Call:
     module = module.eval().to(device)
     example = (torch.randn(RATE + 9600, device=device), torch.tensor([RATE, RATE + 9600], device=device).int())
@@ -148,6 +217,8 @@ def build(name: str, loaded: LoadedModel, device: str) -> Call:
     if form == "sdpa":
         model.config._attn_implementation = "sdpa"
     nn.Module.to(model, TORCH_DTYPES[precision])  # type: ignore[index]
+    if form == "aoti":
+        return aoti(model, conv_form, device, Path(tempfile.mkdtemp(prefix="aoti-")) / "module.pt2")
     if form in ("gn-native", "fp32-front"):
         front = "fp32" if form == "fp32-front" else "native"
         return traced(FrontEndChoices(model, conv_form, front), device)
@@ -239,10 +310,12 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--point-s", type=float, default=4.0, help="seconds per variant per shape")
     parser.add_argument("--clips", type=int, default=16, help="speech clips for the Δprob column")
     parser.add_argument("--speech", type=Path, help="a folder of recorded clips instead of espeak-ng (a GPU machine)")
+    parser.add_argument("--aoti", action="store_true", help="add <dtype>-aoti: AOTInductor (minutes to compile)")
     parser.add_argument("--output", type=Path, default=REPO_ROOT / "docs" / "benchmarks.md")
     parser.add_argument("--no-write", action="store_true", help="print the table only")
     args = parser.parse_args(argv)
-    args.variants = args.variants or ["fp32", *(args.dtype + form for form in FORMS), "hf-fp32", f"hf-{args.dtype}"]
+    forms = FORMS + (("-aoti",) if args.aoti else ())
+    args.variants = args.variants or ["fp32", *(args.dtype + form for form in forms), "hf-fp32", f"hf-{args.dtype}"]
     args.reference = args.dtype
     args.threads = [0] if args.device.startswith("cuda") else (args.threads or [1, 2])
     return args
