@@ -1023,22 +1023,20 @@ def tune(
 # --------------------------------------------------------------------------------------------- report
 
 
-def gpu_target_notes(points: Sequence[Point], workloads: Sequence[Workload]) -> list[str]:
+def gpu_target_notes(points: Sequence[Point], workloads: Sequence[str]) -> list[str]:
     """The issue's H100 target per workload: the best served point whose p99 stays within the limit."""
     notes = []
     for workload in workloads:
         within = [
-            p
-            for p in points
-            if p.system == "served" and p.workload == workload.name and p.p99_ms <= GPU_TARGET["p99_ms"]
+            p for p in points if p.system == "served" and p.workload == workload and p.p99_ms <= GPU_TARGET["p99_ms"]
         ]
         if not within:
-            notes.append(f"GPU target, {workload.name}: no served point kept p99 ≤ {GPU_TARGET['p99_ms']:g} ms.")
+            notes.append(f"GPU target, {workload}: no served point kept p99 ≤ {GPU_TARGET['p99_ms']:g} ms.")
             continue
         top = max(within, key=lambda p: p.audio_s_per_s)
         notes.append(
             f"GPU target (≥ {GPU_TARGET['audio_s_per_s']:,.0f} audio-s/s served at p99 ≤ {GPU_TARGET['p99_ms']:g} ms), "
-            f"{workload.name}: {top.audio_s_per_s:,.0f} audio-s/s at c={top.setting}, p99 {top.p99_ms:.0f} ms: "
+            f"{workload}: {top.audio_s_per_s:,.0f} audio-s/s at c={top.setting}, p99 {top.p99_ms:.0f} ms: "
             + verdict(top.audio_s_per_s >= GPU_TARGET["audio_s_per_s"])
         )
     return notes
@@ -1065,13 +1063,12 @@ def verdict(ok: bool) -> str:
 
 def summary_rows(
     points: Sequence[Point],
-    workloads: Sequence[Workload],
+    workloads: Sequence[str],
     pairs: Sequence[PairedLatency],
     rounds: dict[str, Interleaved],
 ) -> list[dict[str, Any]]:
     rows = []
-    for workload in workloads:
-        name = workload.name
+    for name in workloads:
         hf_best = best(points, HF_SYSTEMS, name)
         ts = best(points, "torchscript", name)
         srv = best(points, "served", name)
@@ -1128,7 +1125,7 @@ def _added_cell(pair: PairedLatency | None) -> str:
 
 def markdown(
     points: Sequence[Point],
-    workloads: Sequence[Workload],
+    workloads: Sequence[str],
     context: dict[str, Any],
     first: Sequence[tuple[str, float]],
     notes: Sequence[str],
@@ -1202,9 +1199,7 @@ def markdown(
             "| added: median (IQR) | outside the model p50 | load |",
             "|---|---|---|---:|---:|---:|---:|---:|---:|---:|",
         ]
-        for pair in sorted(
-            pairs, key=lambda p: (latency_first_last(p.server), [w.name for w in workloads].index(p.workload))
-        ):
+        for pair in sorted(pairs, key=lambda p: (latency_first_last(p.server), list(workloads).index(p.workload))):
             lines.append(
                 f"| {pair.workload} | {pair.server} | {pair.inprocess} | {pair.pairs} | {pair.inprocess_p50_ms:.1f} "
                 f"| {pair.served_p50_ms:.1f} | {pair.compute_p50_ms:.1f} | {pair.added_p50_ms:+.1f} "
@@ -1219,7 +1214,7 @@ def markdown(
         "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for workload in workloads:
-        for point in (p for p in points if p.workload == workload.name):
+        for point in (p for p in points if p.workload == workload):
             cpu = f"{point.cpu_s_per_audio_s:.3f}" if point.cpu_s_per_audio_s is not None else "-"
             lines.append(
                 f"| {point.workload} | {SYSTEM_NAMES[point.system]} | {point.setting} | {point.audio_s_per_s:.2f} "
@@ -1255,10 +1250,10 @@ def markdown(
     return "\n".join(lines)
 
 
-def tune_markdown(results: Sequence[TuneResult], workloads: Sequence[Workload], context: dict[str, Any]) -> str:
+def tune_markdown(results: Sequence[TuneResult], workloads: Sequence[str], context: dict[str, Any]) -> str:
     concurrencies = sorted({p.setting for result in results for p in result.points})
     knobs = "| max batch | cut at | queue delay µs | instances x threads | preprocess | length groups | warmup |"
-    header = knobs + " ".join(f" {w.name} c={c} |" for w in workloads for c in concurrencies) + " first request ms |"
+    header = knobs + " ".join(f" {w} c={c} |" for w in workloads for c in concurrencies) + " first request ms |"
     lines = [
         f"Measured {context['date']} on {context['machine']}; {context['model']}; one server per row, "
         "perf_analyzer over gRPC. Cells: audio-seconds per second (p50 / p99 latency in ms). Cut at: the "
@@ -1275,7 +1270,7 @@ def tune_markdown(results: Sequence[TuneResult], workloads: Sequence[Workload], 
         cells = []
         for workload in workloads:
             for concurrency in concurrencies:
-                point = at(result.points, "served", workload.name, concurrency)
+                point = at(result.points, "served", workload, concurrency)
                 cells.append(
                     f"{point.audio_s_per_s:.2f} ({point.p50_ms:.0f} / {point.p99_ms:.0f})" if point else "failed"
                 )
@@ -1307,7 +1302,7 @@ def write_section(path: Path, key: str, body: str) -> None:
     path.write_text(text)
 
 
-def plot(points: Sequence[Point], workloads: Sequence[Workload], path: Path, title: str) -> None:
+def plot(points: Sequence[Point], workloads: Sequence[str], path: Path, title: str) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -1317,20 +1312,20 @@ def plot(points: Sequence[Point], workloads: Sequence[Workload], path: Path, tit
     colours = plt.rcParams["axes.prop_cycle"].by_key()["color"]
     for workload, colour in zip(workloads, colours, strict=False):
         served_ = sorted(
-            (p for p in points if p.system == "served" and p.workload == workload.name), key=lambda p: p.setting
+            (p for p in points if p.system == "served" and p.workload == workload), key=lambda p: p.setting
         )
         if not served_:
             continue
         xs = [p.setting for p in served_]
-        left.plot(xs, [p.audio_s_per_s for p in served_], "o-", color=colour, label=f"{workload.name} served")
-        right.plot(xs, [p.p99_ms for p in served_], "o-", color=colour, label=f"{workload.name} served")
-        ts = best(points, "torchscript", workload.name)
+        left.plot(xs, [p.audio_s_per_s for p in served_], "o-", color=colour, label=f"{workload} served")
+        right.plot(xs, [p.p99_ms for p in served_], "o-", color=colour, label=f"{workload} served")
+        ts = best(points, "torchscript", workload)
         if ts:
             left.axhline(ts.audio_s_per_s, color=colour, linestyle="--", linewidth=1)
-        hf = best(points, "hf", workload.name)
+        hf = best(points, "hf", workload)
         if hf:
             left.axhline(hf.audio_s_per_s, color=colour, linestyle=":", linewidth=1)
-        sdk = best(points, "sdk", workload.name)
+        sdk = best(points, "sdk", workload)
         if sdk:
             left.plot([sdk.setting], [sdk.audio_s_per_s], "s", color=colour, markerfacecolor="none")
             right.plot([sdk.setting], [sdk.p99_ms], "s", color=colour, markerfacecolor="none")
@@ -1420,7 +1415,16 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--output", type=Path, default=REPO_ROOT / "docs" / "benchmarks.md")
     parser.add_argument("--plot", type=Path, help="default docs/benchmarks.png (cuda: docs/benchmarks-gpu.png)")
     parser.add_argument("--json", type=Path, help="also write every point as JSON here")
+    parser.add_argument(
+        "--render",
+        type=Path,
+        metavar="SAVED_JSON",
+        help="measure nothing: make the tables of a run saved with --json again, into --output "
+        "(and the plot, where --plot is given)",
+    )
     args = parser.parse_args(argv)
+    if args.render is not None:
+        return args
     cuda = args.device.startswith("cuda")
     if cuda:
         args.concurrency = args.concurrency or ([1, 32] if args.quick else [1, 8, 32, 128])
@@ -1440,8 +1444,30 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     return args
 
 
+def render_saved(saved: Path, output: Path, plot_path: Path | None) -> str:
+    """The tables (and, where asked, the plot) of a run saved with --json, made again without measuring."""
+    run = json.loads(saved.read_text())
+    points = [Point(**p) for p in run["points"]]
+    pairs = [PairedLatency(**p) for p in run["c1_pairs"]]
+    rounds = {
+        name: Interleaved(**{field: tuple(Point(**p) for p in row) for field, row in measured.items()})
+        for name, measured in run["rounds"].items()
+    }
+    names = [w["name"] for w in run["workloads"]]
+    context = run["context"]
+    first = [(label, ms) for label, ms in run["first_requests"]]
+    body = markdown(points, names, context, first, run["notes"], pairs, rounds)
+    write_section(output, run["section"], body)
+    if plot_path is not None:
+        plot(points, names, plot_path, f"{context['machine']} — {context['model']}")
+    return body
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
+    if args.render is not None:
+        print(render_saved(args.render, args.output, args.plot))
+        return 0
     started = time.perf_counter()
     device = args.device
     cuda = device.startswith("cuda")
@@ -1491,7 +1517,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             }
 
             def write(results: list[TuneResult]) -> None:
-                write_section(args.output, "tune", tune_markdown(results, workloads, context))
+                write_section(args.output, "tune", tune_markdown(results, [w.name for w in workloads], context))
 
             results = tune(
                 repository,
@@ -1503,7 +1529,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 only=args.tune_only,
                 after_each=write,
             )
-            print(tune_markdown(results, workloads, context))
+            print(tune_markdown(results, [w.name for w in workloads], context))
             return 0
 
         # The in-process side of the c=1 pairs runs on the threads of one served instance.
@@ -1622,7 +1648,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             )
         )
         if cuda:
-            notes += gpu_target_notes(points, workloads)
+            notes += gpu_target_notes(points, [w.name for w in workloads])
 
     loads = [p.load for p in points] or [os.getloadavg()[0]]
     context = {
@@ -1643,14 +1669,22 @@ def main(argv: Sequence[str] | None = None) -> int:
         "command": "python benchmarks/throughput.py " + " ".join(sys.argv[1:] if argv is None else argv),
         "wall_min": (time.perf_counter() - started) / 60.0,
     }
-    body = markdown(points, workloads, context, first, notes, pairs, rounds)
-    write_section(args.output, "throughput-gpu" if cuda else "throughput", body)
-    plot(points, workloads, args.plot, f"{context['machine']} — {context['model']}")
+    names = [w.name for w in workloads]
+    section = "throughput-gpu" if cuda else "throughput"
+    body = markdown(points, names, context, first, notes, pairs, rounds)
+    write_section(args.output, section, body)
+    plot(points, names, args.plot, f"{context['machine']} — {context['model']}")
     if args.json:
         measured = {
             "points": [dataclasses.asdict(p) for p in points],
             "c1_pairs": [dataclasses.asdict(p) for p in pairs],
             "rounds": {name: dataclasses.asdict(r) for name, r in rounds.items()},
+            # Everything else the tables and the plot are made of, so that `--render` can make them again.
+            "section": section,
+            "context": context,
+            "workloads": [{"name": w.name, "clips": len(w.clips)} for w in workloads],
+            "first_requests": [[label, ms] for label, ms in first],
+            "notes": notes,
         }
         args.json.write_text(json.dumps(measured, indent=1))
     print(body)
