@@ -25,7 +25,8 @@ import numpy as np
 import soundfile
 import soxr
 import torch
-from throughput import REPO_ROOT, machine_name, write_section
+from speed.context import machine_name
+from speed.sections import REPO_ROOT, write_section
 
 from emotion_build.export import FP16_PROBABILITY_TOLERANCE, conv_form_for, trace
 from emotion_build.loading import load_pretrained, random_model

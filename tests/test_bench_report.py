@@ -4,7 +4,7 @@ tests/data/throughput_run.json is a `--quick --random-init tiny --workloads 1s m
 file (its command is in its context), its numbers rounded to four decimals and one note added by
 hand so that every table and list is rendered. throughput_run.md is what `throughput.py --render`
 made of it, and throughput_tune.md what `tune_markdown` made of two candidates built from its
-served points, both before the bench was split into modules: the split must not move a byte.
+served points, both before the bench was split into benchmarks/speed/: the split must not move a byte.
 """
 
 from __future__ import annotations
@@ -13,7 +13,10 @@ import json
 from pathlib import Path
 
 import pytest
-from throughput import TUNE_CANDIDATES, Point, TuneResult, main, tune_markdown
+from speed.results import Point, TuneResult
+from speed.tune_report import tune_markdown
+from speed.tuning import TUNE_CANDIDATES
+from throughput import main
 
 DATA = Path(__file__).parent / "data"
 RUN = DATA / "throughput_run.json"
@@ -38,4 +41,4 @@ def test_the_tuning_table_of_two_candidates() -> None:
     ]
     context = {key: saved["context"][key] for key in ("date", "machine", "model")}
     names = [workload["name"] for workload in saved["workloads"]]
-    assert tune_markdown(results, names, context) + "\n" == (DATA / "throughput_tune.md").read_text()
+    assert tune_markdown(results, names, **context) + "\n" == (DATA / "throughput_tune.md").read_text()
