@@ -13,7 +13,7 @@ import json
 from pathlib import Path
 
 import pytest
-from speed.results import Point, TuneResult
+from speed.results import Point, Run, TuneResult
 from speed.tune_report import tune_markdown
 from speed.tuning import TUNE_CANDIDATES
 from throughput import main
@@ -28,6 +28,15 @@ def test_a_saved_run_renders_the_tables_it_was_saved_with(tmp_path: Path, capsys
     assert output.read_bytes() == (DATA / "throughput_run.md").read_bytes()
     printed = capsys.readouterr().out
     assert f"<!-- throughput:begin -->\n{printed}<!-- throughput:end -->" in output.read_text()
+
+
+def test_a_saved_run_reads_back_and_saves_the_same_bytes() -> None:
+    text = RUN.read_text()
+    run = Run.from_json(text)
+    assert run.to_json() == text
+    assert [w.name for w in run.workloads] == ["1 s", "mixed"]
+    assert {p.system for p in run.points} == {"hf", "hf_batch", "torchscript", "torchscript_1t", "served", "sdk"}
+    assert set(run.rounds) == {"1 s", "mixed"} and all(len(r.measured) == 6 for r in run.rounds.values())
 
 
 def test_the_tuning_table_of_two_candidates() -> None:
