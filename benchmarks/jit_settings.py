@@ -43,7 +43,8 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from throughput import REPO_ROOT, machine_name, write_section
+from speed.context import machine_name
+from speed.sections import REPO_ROOT, write_section
 from torch import nn
 
 from emotion_build.batched_classifier import CONV_FORMS, RaggedEmotionClassifier

@@ -40,7 +40,8 @@ from typing import Any
 
 import numpy as np
 import torch
-from throughput import REPO_ROOT, machine_name, write_section
+from speed.context import machine_name
+from speed.sections import REPO_ROOT, write_section
 from torch import Tensor, nn
 
 from emotion_build import batched_classifier

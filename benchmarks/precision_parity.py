@@ -21,7 +21,8 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import torch
-from throughput import REPO_ROOT, machine_name, write_section
+from speed.context import machine_name
+from speed.sections import REPO_ROOT, write_section
 
 from emotion_build.export import conv_form_for, trace
 from emotion_build.loading import load_pretrained, random_model

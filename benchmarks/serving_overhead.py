@@ -35,16 +35,12 @@ from pathlib import Path
 import numpy as np
 import torch
 import tritonclient.grpc as grpcclient
-from throughput import (
-    REPO_ROOT,
-    Workload,
-    group_processes,
-    log,
-    machine_name,
-    make_workloads,
-    perf_analyzer_point,
-    write_section,
-)
+from speed.accounting import group_processes
+from speed.context import machine_name
+from speed.perf_analyzer import perf_analyzer_point
+from speed.progress import log
+from speed.sections import REPO_ROOT, write_section
+from speed.workloads import Workload, make_workloads
 
 from emotion_build.description import AUDIO_INPUT, ENSEMBLE_MODEL, BatchingSettings
 from emotion_build.export import describe, export

@@ -1,9 +1,11 @@
 """Which settings the bench's rounds measure again, and which figure of each round counts
-(benchmarks/throughput.py): a sweep point misjudged by noise must still get its chance."""
+(benchmarks/speed/ranking.py): a sweep point misjudged by noise must still get its chance."""
 
 from __future__ import annotations
 
-from throughput import HF_SYSTEMS, Point, contenders, fastest_per_round
+from speed.ranking import contenders, fastest_per_round
+from speed.results import Point
+from speed.systems import HF_SYSTEMS
 
 
 def point(system: str, setting: int, speed: float, workload: str = "1 s") -> Point:

@@ -1,0 +1,101 @@
+"""The Hugging Face pipeline, the baseline: built as the model card builds it, in a process of its own."""
+
+from __future__ import annotations
+
+import multiprocessing
+from collections.abc import Callable
+from typing import Any
+
+from emotion_build.triton_models.heap import keep_freed_memory
+from emotion_build.triton_models.waveform import FloatArray
+
+from .progress import log
+from .results import Point
+from .timing import timed_loop
+from .workloads import Workload
+
+
+def hf_pipeline(model_ref: str, device: str) -> tuple[Any, str]:
+    """The pipeline exactly as the model card builds it; returns it and its attention implementation."""
+    from transformers import pipeline
+
+    classifier = pipeline("audio-classification", model=model_ref, device=device)
+    return classifier, str(getattr(classifier.model.config, "_attn_implementation", "?"))
+
+
+def hf_point(classifier: Any, workload: Workload, *, batch_size: int | None, budget_s: float, device: str) -> Point:
+    """One clip per call (batch_size None), as the model card calls it, or the pipeline's own batching."""
+    if batch_size is None:
+        call: Callable[[list[FloatArray]], object] = lambda batch: classifier(batch[0])  # noqa: E731
+        system, size = "hf", 1
+    else:
+        call, system, size = lambda batch: classifier(batch, batch_size=batch_size), "hf_batch", batch_size
+    return timed_loop(call, workload, size, system=system, budget_s=budget_s, device=device)
+
+
+class HFProcess:
+    """The HF pipeline in a process of its own, by default with malloc as Python leaves it.
+
+    This process keeps freed memory the way the cpu runner does (triton_models/heap.py), so that
+    the in-process module is measured as the server runs it. The pipeline is the baseline a user's
+    own service would be: built exactly as the model card builds it, in a plain interpreter, so it
+    must not inherit that setting (mallopt is per process; a spawned child starts with defaults)."""
+
+    def __init__(self, model_ref: str, device: str, *, keep_freed_mib: int = 0) -> None:
+        """`keep_freed_mib` > 0 gives the pipeline the runner's malloc setting instead (--hf-malloc runner),
+        to show how much of the difference is the allocator."""
+        context = multiprocessing.get_context("spawn")
+        self._connection, child = context.Pipe()
+        self._process = context.Process(target=_hf_child, args=(child, model_ref, device, keep_freed_mib), daemon=True)
+        self._process.start()
+        child.close()
+        self.attention: str = self._receive()
+
+    def _receive(self) -> Any:
+        try:
+            message = self._connection.recv()
+        except EOFError:
+            raise RuntimeError(f"the HF pipeline's process died (exit code {self._process.exitcode})") from None
+        if isinstance(message, BaseException):
+            raise message
+        return message
+
+    def point(self, workload: Workload, *, batch_size: int | None, budget_s: float) -> Point:
+        self._connection.send((workload, batch_size, budget_s))
+        point = self._receive()
+        assert isinstance(point, Point)
+        return point
+
+    def close(self) -> None:
+        if self._process.is_alive():
+            self._connection.send(None)
+            self._process.join(timeout=30)
+        if self._process.is_alive():
+            self._process.kill()
+        self._connection.close()
+
+    def __enter__(self) -> HFProcess:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+
+def _hf_child(connection: Any, model_ref: str, device: str, keep_freed_mib: int) -> None:
+    """HFProcess's other end: the pipeline, then one point per request until None."""
+    try:
+        if keep_freed_mib > 0 and not keep_freed_memory(keep_freed_mib * 2**20):
+            raise RuntimeError("this C library refused glibc's mallopt")
+        classifier, attention = hf_pipeline(model_ref, device)
+        connection.send(attention)
+        while (request := connection.recv()) is not None:
+            workload, batch_size, budget_s = request
+            point = hf_point(classifier, workload, batch_size=batch_size, budget_s=budget_s, device=device)
+            connection.send(point)
+    except Exception as error:  # every failure goes back to the parent, as a picklable error
+        connection.send(RuntimeError(f"HF pipeline: {type(error).__name__}: {error}"))
+
+
+def hf_points(hf: HFProcess, workload: Workload, *, batch_size: int, budget_s: float) -> list[Point]:
+    log(f"HF pipeline on {workload.name}: one clip per call, then batch_size={batch_size}")
+    return [hf.point(workload, batch_size=size, budget_s=budget_s) for size in (None, batch_size)]

@@ -1,0 +1,102 @@
+"""Latency serving adds at c=1: one clip in-process, then the same clip served, alternately."""
+
+from __future__ import annotations
+
+import dataclasses
+import shutil
+from collections.abc import Sequence
+from pathlib import Path
+
+import torch
+from interleaved import PairedLatency, c1_pairs
+
+from emotion_build.description import BatchingSettings
+from emotion_build.loading import LoadedModel
+from emotion_build.triton_models.waveform import FloatArray
+
+from .inprocess import inprocess_call, torch_threads
+from .progress import log
+from .served import rewrite_configs, served, single_requests
+from .systems import LATENCY_FIRST_SERVER
+from .timing import synchronise
+from .workloads import Workload
+
+LATENCY_FIRST = dataclasses.replace(BatchingSettings(), classifier_instances=1, intra_op_threads=0)
+"""The cpu export a latency-first deployment would choose (`--classifier-instances 1
+--intra-op-threads 0`): a lone request gets every core, as the in-process module at batch 1 does."""
+
+
+def paired_c1(
+    module: torch.jit.ScriptModule,
+    grpc_url: str,
+    workload: Workload,
+    *,
+    threads: int | None,
+    server: str,
+    instances: int,
+    budget_s: float,
+    min_pairs: int,
+    device: str,
+) -> PairedLatency:
+    """c=1, served and in-process batch 1 alternately on the same clips (interleaved.c1_pairs).
+
+    Triton hands each lone request to whichever instance is free, so three untimed requests per
+    instance make it all but certain that every instance has met the length before the pairs."""
+    run = inprocess_call(module, device)
+    inprocess = "default threads" if threads is None else f"{threads} thread{'s' if threads > 1 else ''}"
+    log(f"c=1 on {workload.name}: the {server} server and in-process batch 1 ({inprocess}), alternately")
+
+    def local(clip: FloatArray) -> None:
+        run([clip])
+        synchronise(device)
+
+    with single_requests(grpc_url) as call, torch_threads(threads):
+        paired = c1_pairs(
+            local,
+            call,
+            workload.clips,
+            workload=workload.name,
+            server=server,
+            inprocess=inprocess,
+            budget_s=budget_s,
+            min_pairs=min_pairs,
+            served_warmup=3 * instances,
+        )
+    log(
+        f"  added at c=1: {paired.added_p50_ms:+.1f} ms (IQR {paired.added_q25_ms:+.1f} to {paired.added_q75_ms:+.1f}, "
+        f"{paired.pairs} pairs); outside the model {paired.outside_model_p50_ms:.1f} ms"
+    )
+    return paired
+
+
+def latency_first_pairs(
+    repository: Path,
+    scratch: Path,
+    loaded: LoadedModel,
+    module: torch.jit.ScriptModule,
+    workloads: Sequence[Workload],
+    budget_s: float,
+    min_pairs: int,
+) -> list[PairedLatency]:
+    """c=1 through a second server on a copy of the repository with the LATENCY_FIRST settings,
+    after the first has stopped, paired with in-process batch 1 on torch's default threads: the
+    added latency of serving, with the threads held equal."""
+    copy = scratch / LATENCY_FIRST_SERVER
+    shutil.copytree(repository, copy)
+    rewrite_configs(copy, loaded, LATENCY_FIRST)
+    log("latency-first server (1 classifier instance x default threads)")
+    with served(copy, None) as (url, _, _):
+        return [
+            paired_c1(
+                module,
+                url,
+                w,
+                threads=None,
+                server=LATENCY_FIRST_SERVER,
+                instances=LATENCY_FIRST.classifier_instances,
+                budget_s=budget_s,
+                min_pairs=min_pairs,
+                device="cpu",
+            )
+            for w in workloads
+        ]

@@ -1,0 +1,88 @@
+"""The ratios between systems: each system's contenders measured again in turn, round by round."""
+
+from __future__ import annotations
+
+import tempfile
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+import numpy as np
+import torch
+from interleaved import alternate
+
+from .hf import HFProcess
+from .inprocess import torchscript_point
+from .perf_analyzer import perf_analyzer_point
+from .progress import describe_point, log
+from .ranking import fastest_per_round
+from .results import Interleaved, Point
+from .systems import HF_SYSTEMS, SYSTEM_NAMES
+from .workloads import Workload
+
+
+def interleaved_rounds(
+    module: torch.jit.ScriptModule,
+    grpc_url: str,
+    pgid: int | None,
+    workload: Workload,
+    *,
+    inprocess: Sequence[Point],
+    served: Sequence[Point],
+    hf: Sequence[Point],
+    hf_process: HFProcess | None,
+    rounds: int,
+    budget_s: float,
+    device: str,
+) -> Interleaved:
+    """The sweep's contenders of each system again (`ranking.contenders`), all of them in every round:
+    first each system's best, then each one's second, so that drift within a round falls on every system."""
+    hf_rows = tuple(hf) if hf_process is not None else ()  # measured again only where the pipeline's process runs
+    log(
+        f"{workload.name} in rounds: "
+        + "".join(f"{SYSTEM_NAMES[row.system]} (B={row.setting}), " for row in hf_rows)
+        + f"in-process B={'/'.join(str(p.setting) for p in inprocess)}, "
+        + f"served c={'/'.join(str(p.setting) for p in served)}; {rounds} rounds"
+    )
+    with tempfile.TemporaryDirectory(prefix="emotion-bench-") as scratch:
+
+        def served_at(concurrency: int) -> Callable[[], Point]:
+            def run() -> Point:
+                point = perf_analyzer_point(
+                    grpc_url,
+                    workload,
+                    concurrency,
+                    scratch=Path(scratch),
+                    expected_clips_per_s=inprocess[0].clips_per_s,
+                    budget_s=budget_s,
+                    server_pgid=pgid,
+                )
+                log(describe_point(point))
+                return point
+
+            return run
+
+        def inprocess_at(size: int) -> Callable[[], Point]:
+            return lambda: torchscript_point(module, workload, size, threads=None, budget_s=budget_s, device=device)
+
+        def hf_at(process: HFProcess, row: Point) -> Callable[[], Point]:
+            size = row.setting if row.system == "hf_batch" else None
+            return lambda: process.point(workload, batch_size=size, budget_s=budget_s)
+
+        systems = [
+            [inprocess_at(p.setting) for p in inprocess],
+            [served_at(p.setting) for p in served],
+            [hf_at(hf_process, row) for row in hf_rows] if hf_process is not None else [],
+        ]
+        order = [measure for rank in range(2) for each in systems for measure in each[rank : rank + 1]]
+        measured = alternate(order, rounds=rounds)
+    result = Interleaved(
+        inprocess=fastest_per_round(measured, "torchscript"),
+        served=fastest_per_round(measured, "served"),
+        hf=fastest_per_round(measured, HF_SYSTEMS) if hf_rows else (),
+        measured=tuple(point for row in measured for point in row),
+    )
+    log(
+        f"  served/in-process {np.median(result.served_vs_inprocess()):.2f}"
+        + (f", served/HF {np.median(result.served_vs_hf()):.2f}" if hf_rows else "")
+    )
+    return result

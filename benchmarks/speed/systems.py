@@ -1,0 +1,42 @@
+"""Every system the bench measures, with its name in the tables and its column in the summary.
+
+A new system (say the HF pipeline in bf16) is a `System` here, a way to measure it (its module,
+called from `run`), and, where the targets compare with it, its key in `HF_SYSTEMS`: the report's
+summary table takes its columns from `SYSTEMS` in order.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class System:
+    key: str
+    """What `Point.system` holds for it."""
+    name: str
+    """Its name in the table of every point and in the progress log."""
+    column: str | None
+    """Its column in the summary table (the best point per workload); None: no column."""
+    setting: str
+    """What a point's setting is for it, as the tables prefix it: "B=" batch size, "c=" concurrency."""
+
+
+SYSTEMS: tuple[System, ...] = (
+    System("hf", "HF pipeline, one clip per call", "HF, 1 clip/call", "B="),
+    System("hf_batch", "HF pipeline, batch_size", "HF, batch_size", "B="),
+    System("torchscript", "in-process TorchScript", "in-process TorchScript", "B="),
+    System("torchscript_1t", "in-process TorchScript, 1 thread", None, "B="),
+    System("served", "served, perf_analyzer (gRPC)", "served, perf_analyzer", "c="),
+    System("sdk", "served, SDK classify_many", "served, SDK", "c="),
+)
+SYSTEM_NAMES = {system.key: system.name for system in SYSTEMS}
+SUMMARY_SYSTEMS = tuple(system for system in SYSTEMS if system.column is not None)
+"""The summary table's columns, in order."""
+
+HF_SYSTEMS = ("hf", "hf_batch")
+"""The HF pipeline's rows; the better of them is the one the targets compare with."""
+
+LATENCY_FIRST_SERVER = "latency-first"
+"""The second server the c=1 pairs run against (`pairs.LATENCY_FIRST`); the report lists it after
+the server under test."""
