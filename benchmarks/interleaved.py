@@ -52,6 +52,9 @@ class PairedLatency:
     outside_model_p50_ms: float
     """Median over requests of served minus the classifier's compute: what serving adds around the model."""
     load: float
+    against: str = "in-process"
+    """What the served requests were paired with: the in-process module ("in-process"), or one clip
+    through the HF pipeline ("hf"), which a lone served request must not be slower than."""
 
     def verdict(self, target_ms: float) -> Literal["met", "not met", "within noise"]:
         """Met when the median pair is within the target, not met when three pairs in four are above it.
@@ -65,7 +68,7 @@ class PairedLatency:
 
 
 def c1_pairs(
-    local: Callable[[FloatArray], object],
+    local: Callable[[FloatArray], float | None],
     served: Callable[[FloatArray], tuple[float, float]],
     clips: Sequence[FloatArray],
     *,
@@ -75,8 +78,11 @@ def c1_pairs(
     budget_s: float,
     min_pairs: int = MIN_PAIRS,
     served_warmup: int = 1,
+    against: str = "in-process",
 ) -> PairedLatency:
-    """`served(clip)` returns (wall seconds, classifier compute seconds) of one request.
+    """`served(clip)` returns (wall seconds, classifier compute seconds) of one request; `local(clip)`
+    returns None to be timed here, or the seconds it measured itself (a call run in another process,
+    timed there, so that the pipe between the processes is not counted against it).
 
     Untimed calls first, one in-process and `served_warmup` served (a length neither side has met
     yet must not count, and each server instance meets it on its own: its first clip of a new
@@ -92,8 +98,8 @@ def c1_pairs(
     while len(served_s) < min_pairs or time.perf_counter() - start < budget_s:
         clip = clips[len(served_s) % len(clips)]
         began = time.perf_counter()
-        local(clip)
-        inprocess_s.append(time.perf_counter() - began)
+        reported = local(clip)
+        inprocess_s.append(time.perf_counter() - began if reported is None else reported)
         wall, compute = served(clip)
         served_s.append(wall)
         compute_s.append(compute)
@@ -112,6 +118,7 @@ def c1_pairs(
         added_q75_ms=float(q75),
         outside_model_p50_ms=float(np.median(served_ms - compute_ms)),
         load=os.getloadavg()[0],
+        against=against,
     )
 
 

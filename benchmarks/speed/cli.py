@@ -34,8 +34,9 @@ def parse_args(argv: Sequence[str] | None, *, description: str | None = None) ->
     )
     parser.add_argument(
         "--dtype",
-        choices=("fp32", "fp16"),
-        help="weights of the exported model.pt (default: fp16 on cuda, fp32 on cpu, where fp16 is slower)",
+        choices=("auto", "fp32", "bf16", "fp16"),
+        help="weights of the exported model.pt (default: fp16 on cuda; on a CPU auto, as `export` picks: bf16 "
+        "where the CPU computes it natively, else fp32)",
     )
     parser.add_argument("--repository", type=Path, help="an exported repository to use instead of exporting one")
     parser.add_argument(
@@ -69,7 +70,7 @@ def parse_args(argv: Sequence[str] | None, *, description: str | None = None) ->
         "(default 3, quick 1; 0: none)",
     )
     parser.add_argument(
-        "--skip", nargs="+", default=[], choices=["hf", "torchscript", "served", "sdk", "latency-first"]
+        "--skip", nargs="+", default=[], choices=["hf", "hf-bf16", "torchscript", "served", "sdk", "latency-first"]
     )
     parser.add_argument("--output", type=Path, default=REPO_ROOT / "docs" / "benchmarks.md")
     parser.add_argument("--plot", type=Path, help="default docs/benchmarks.png (cuda: docs/benchmarks-gpu.png)")
@@ -92,7 +93,7 @@ def parse_args(argv: Sequence[str] | None, *, description: str | None = None) ->
     args.batch_sizes = args.batch_sizes or ([1, 4] if args.quick else [1, 2, 4, 8])
     args.max_batch_audio_s = args.max_batch_audio_s or (700.0 if cuda else 40.0)
     args.hf_batch_size = args.hf_batch_size or (16 if cuda else 4)
-    args.dtype = args.dtype or ("fp16" if cuda else "fp32")
+    args.dtype = args.dtype or ("fp16" if cuda else "auto")
     args.plot = args.plot or REPO_ROOT / "docs" / ("benchmarks-gpu.png" if cuda else "benchmarks.png")
     args.point_s = args.point_s or (2.0 if args.quick else 6.0)
     if args.rounds is None:

@@ -14,6 +14,7 @@ from emotion_build.description import BatchingSettings
 from emotion_build.loading import LoadedModel
 from emotion_build.triton_models.waveform import FloatArray
 
+from .hf import HFProcess
 from .inprocess import inprocess_call, torch_threads
 from .progress import log
 from .served import rewrite_configs, served, single_requests
@@ -65,6 +66,33 @@ def paired_c1(
     log(
         f"  added at c=1: {paired.added_p50_ms:+.1f} ms (IQR {paired.added_q25_ms:+.1f} to {paired.added_q75_ms:+.1f}, "
         f"{paired.pairs} pairs); outside the model {paired.outside_model_p50_ms:.1f} ms"
+    )
+    return paired
+
+
+def lone_request_pairs(
+    hf: HFProcess, grpc_url: str, workload: Workload, *, server: str, instances: int, budget_s: float, min_pairs: int
+) -> PairedLatency:
+    """c=1, one clip through the HF pipeline (as the model card calls it, in its own process on its
+    default threads) then the same clip served, alternately: what a user who swaps the pipeline for the
+    server waits for a lone clip (the target: no longer)."""
+    log(f"lone request on {workload.name}: the HF pipeline ({hf.dtype}) and the {server} server, alternately")
+    with single_requests(grpc_url) as call:
+        paired = c1_pairs(
+            hf.once,
+            call,
+            workload.clips,
+            workload=workload.name,
+            server=server,
+            inprocess=f"HF pipeline ({hf.dtype}), one clip per call",
+            budget_s=budget_s,
+            min_pairs=min_pairs,
+            served_warmup=3 * instances,
+            against="hf",
+        )
+    log(
+        f"  served p50 {paired.served_p50_ms:.0f} ms, HF p50 {paired.inprocess_p50_ms:.0f} ms: "
+        f"{paired.added_p50_ms:+.1f} ms (IQR {paired.added_q25_ms:+.1f} to {paired.added_q75_ms:+.1f})"
     )
     return paired
 

@@ -13,6 +13,8 @@ from interleaved import PairedLatency
 
 from emotion_build.description import BatchingSettings
 
+from .arithmetic import Arithmetic
+
 
 @dataclasses.dataclass(frozen=True)
 class Point:
@@ -42,17 +44,27 @@ class Interleaved:
     inprocess: tuple[Point, ...]
     served: tuple[Point, ...]
     hf: tuple[Point, ...] = ()
-    """Empty where the HF pipeline was skipped."""
+    """The HF pipeline one clip per call, per round; empty where it was skipped."""
     measured: tuple[Point, ...] = ()
     """Every point the rounds measured, the slower contenders included."""
+    hf_batch: tuple[Point, ...] = ()
+    """The HF pipeline with batch_size, per round; empty where it was skipped."""
 
     def served_vs_inprocess(self) -> tuple[float, ...]:
-        return tuple(s.audio_s_per_s / i.audio_s_per_s for s, i in zip(self.served, self.inprocess, strict=True))
+        return _ratios(self.served, self.inprocess)
 
     def served_vs_hf(self) -> tuple[float, ...]:
-        if not self.hf:
-            return ()
-        return tuple(s.audio_s_per_s / h.audio_s_per_s for s, h in zip(self.served, self.hf, strict=True))
+        return _ratios(self.served, self.hf)
+
+    def served_vs_hf_batched(self) -> tuple[float, ...]:
+        return _ratios(self.served, self.hf_batch)
+
+
+def _ratios(numerators: tuple[Point, ...], denominators: tuple[Point, ...]) -> tuple[float, ...]:
+    """Round by round; none where the denominator's system was not measured."""
+    if not denominators:
+        return ()
+    return tuple(n.audio_s_per_s / d.audio_s_per_s for n, d in zip(numerators, denominators, strict=True))
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -108,6 +120,8 @@ class Run:
     first_requests: tuple[tuple[str, float], ...]
     """(what, latency ms) of the server's first requests and its start."""
     notes: tuple[str, ...]
+    arithmetic: Arithmetic | None = None
+    """The model's FLOPs per audio-second and the machine's matmul peaks (runs before it lack them)."""
 
     @property
     def workload_names(self) -> list[str]:
@@ -131,4 +145,5 @@ class Run:
             workloads=tuple(WorkloadSummary(**workload) for workload in saved["workloads"]),
             first_requests=tuple((label, ms) for label, ms in saved["first_requests"]),
             notes=tuple(saved["notes"]),
+            arithmetic=Arithmetic.from_dict(saved["arithmetic"]) if saved.get("arithmetic") else None,
         )

@@ -16,7 +16,7 @@ from .perf_analyzer import perf_analyzer_point
 from .progress import describe_point, log
 from .ranking import fastest_per_round
 from .results import Interleaved, Point
-from .systems import HF_SYSTEMS, SYSTEM_NAMES
+from .systems import SYSTEM_NAMES
 from .workloads import Workload
 
 
@@ -78,11 +78,13 @@ def interleaved_rounds(
     result = Interleaved(
         inprocess=fastest_per_round(measured, "torchscript"),
         served=fastest_per_round(measured, "served"),
-        hf=fastest_per_round(measured, HF_SYSTEMS) if hf_rows else (),
+        hf=fastest_per_round(measured, "hf") if any(p.system == "hf" for p in hf_rows) else (),
         measured=tuple(point for row in measured for point in row),
+        hf_batch=fastest_per_round(measured, "hf_batch") if any(p.system == "hf_batch" for p in hf_rows) else (),
     )
     log(
         f"  served/in-process {np.median(result.served_vs_inprocess()):.2f}"
-        + (f", served/HF {np.median(result.served_vs_hf()):.2f}" if hf_rows else "")
+        + (f", served/HF {np.median(result.served_vs_hf()):.2f}" if result.hf else "")
+        + (f", served/HF batched {np.median(result.served_vs_hf_batched()):.2f}" if result.hf_batch else "")
     )
     return result

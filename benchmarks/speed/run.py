@@ -22,10 +22,11 @@ from emotion_build.loading import LoadedModel, load_pretrained, random_model
 from emotion_build.server import ServerError
 from emotion_build.triton_models.heap import keep_freed_memory
 
+from .arithmetic import Arithmetic, clip_flops, measure_peaks
 from .context import describe_served, machine_name, run_context
 from .hf import HFProcess, hf_points
 from .inprocess import torchscript_points
-from .pairs import latency_first_pairs, paired_c1
+from .pairs import latency_first_pairs, lone_request_pairs, paired_c1
 from .progress import log
 from .ranking import best, contenders
 from .results import Interleaved, Point, Run, TuneResult, WorkloadSummary
@@ -134,6 +135,7 @@ def measured(args: argparse.Namespace, argv: Sequence[str] | None, *, started: f
     rounds: dict[str, Interleaved] = {}
     with prepared(args) as bench:
         settings, workloads = bench.settings, bench.workloads
+        arithmetic = measured_arithmetic(bench, device)
         # The in-process side of the c=1 pairs runs on the threads of one served instance.
         server_threads = (settings.intra_op_threads or None) if not cuda and args.server_url is None else None
         server_label = (
@@ -167,6 +169,11 @@ def measured(args: argparse.Namespace, argv: Sequence[str] | None, *, started: f
                 else None
             )
             hf_attention = hf_process.attention if hf_process is not None else "-"
+            hf_bf16 = (
+                stack.enter_context(HFProcess(bench.model_ref, device, keep_freed_mib=keep_freed_mib, dtype="bf16"))
+                if "hf" not in args.skip and "hf-bf16" not in args.skip
+                else None
+            )
             module = None
             if "torchscript" not in args.skip:
                 module = torch.jit.load(  # type: ignore[no-untyped-call]
@@ -175,6 +182,8 @@ def measured(args: argparse.Namespace, argv: Sequence[str] | None, *, started: f
             for workload in workloads:
                 if hf_process is not None:
                     points += hf_points(hf_process, workload, batch_size=args.hf_batch_size, budget_s=args.point_s)
+                if hf_bf16 is not None:
+                    points += hf_points(hf_bf16, workload, batch_size=None, budget_s=args.point_s)
                 if module is not None:
                     points += torchscript_points(
                         module,
@@ -247,7 +256,25 @@ def measured(args: argparse.Namespace, argv: Sequence[str] | None, *, started: f
         workloads=tuple(WorkloadSummary(w.name, len(w.clips)) for w in workloads),
         first_requests=tuple(first),
         notes=tuple(notes),
+        arithmetic=arithmetic,
     )
+
+
+def measured_arithmetic(bench: Bench, device: str) -> Arithmetic:
+    """The machine's matmul peaks (first, while nothing else of the run is busy) and the model's FLOPs."""
+    cuda = device.startswith("cuda")
+    dtypes = [torch.float32, torch.float16, torch.bfloat16] if cuda else [torch.float32, torch.bfloat16]
+    log("matmul peaks of this machine")
+    peaks = measure_peaks(dtypes, [0] if cuda else [1, 2], device=device)
+    config = bench.loaded.model.config
+    flops = {
+        w.name: sum(clip_flops(config, clip.size) for clip in w.clips) / (w.mean_s * len(w.clips)) / 1e9
+        for w in bench.workloads
+    }
+    served = bench.provenance.dtype
+    precision = {"hf": "float32", "hf_batch": "float32", "hf_bf16": "bfloat16"}
+    precision |= {system: served for system in ("torchscript", "torchscript_1t", "served", "sdk")}
+    return Arithmetic(peaks, flops, precision)
 
 
 def interleave(
@@ -285,10 +312,26 @@ def interleave(
     except InferenceServerException as error:
         failures.append(f"c=1 pairs on {workload.name} failed: {error}")
         log(failures[-1])
+    if hf_process is not None:
+        try:
+            pairs.append(
+                lone_request_pairs(
+                    hf_process,
+                    url,
+                    workload,
+                    server=server,
+                    instances=instances,
+                    budget_s=2 * args.point_s,
+                    min_pairs=args.min_pairs,
+                )
+            )
+        except (InferenceServerException, RuntimeError) as error:
+            failures.append(f"lone-request pairs with the HF pipeline on {workload.name} failed: {error}")
+            log(failures[-1])
     ts, srv = contenders(points, "torchscript", workload.name), contenders(points, "served", workload.name)
     if not ts or not srv or args.rounds == 0:
         return
-    hf = contenders(points, HF_SYSTEMS, workload.name)
+    hf = tuple(found for system in HF_SYSTEMS if (found := best(points, system, workload.name)) is not None)
     try:
         rounds[workload.name] = interleaved_rounds(
             module,
