@@ -28,6 +28,7 @@ from .description import (
 )
 from .loading import LoadedModel
 from .repository import write_repository
+from .served_classifier import serve_form, strip_source_paths
 from .triton_models.waveform import normalise
 
 __all__ = [
@@ -135,7 +136,7 @@ def trace(
         traced: torch.jit.ScriptModule = torch.jit.trace(  # type: ignore[no-untyped-call]
             wrapper, (flat, ends), check_trace=False
         )
-        return traced
+        return serve_form(traced, loaded.model.config)
 
 
 def check_parity(
@@ -204,6 +205,7 @@ def export(
     with tempfile.TemporaryDirectory(prefix="emotion-export-") as scratch:
         artifact = Path(scratch) / "model.pt"
         scripted.save(str(artifact))
+        strip_source_paths(artifact)
         reloaded: torch.jit.ScriptModule = torch.jit.load(  # type: ignore[no-untyped-call]
             str(artifact), map_location=device
         )
