@@ -10,6 +10,11 @@ from pathlib import Path
 
 def export_cpu_repository(model_dir: Path, output: Path, *options: str) -> Path:
     """A CPU-target repository of the checkpoint in `model_dir`, offline, with extra export options."""
+    return export_repository(model_dir, output, "cpu", *options)
+
+
+def export_repository(model_dir: Path, output: Path, target: str, *options: str) -> Path:
+    """A repository of `target` (gpu with --classifier-on-cpu: the libtorch classifier on this CPU)."""
     subprocess.run(
         [
             sys.executable,
@@ -19,7 +24,7 @@ def export_cpu_repository(model_dir: Path, output: Path, *options: str) -> Path:
             "--model",
             str(model_dir),
             "--target",
-            "cpu",
+            target,
             "--output",
             str(output),
             *options,
