@@ -51,12 +51,13 @@ class ServedClassifier(nn.Module):
         self,
         waveform: Tensor,
         waveform_ends: Tensor,
-        waveform_items: Tensor = torch.zeros(0, dtype=torch.int32),  # noqa: B008 (TorchScript needs the literal)
+        waveform_items: Tensor = torch.tensor(0, dtype=torch.int32),  # noqa: B008 (TorchScript needs the literal)
     ) -> tuple[Tensor, Tensor, Tensor]:
-        """`waveform_items` is empty for callers that pass one clip per end (the Python runner, the export
-        check); Triton's libtorch backend fills it with each batch item's length."""
+        """`waveform_items` is left out by callers that pass one clip per end (the Python runner, the export
+        check); Triton's libtorch backend fills it with each batch item's length, [items, 1]. The default is
+        a scalar: a constant with dimensions would be frozen on the CPU and meet CUDA tensors on a GPU."""
         flat = waveform.reshape(-1)
-        if waveform_items.numel() > 0:
+        if waveform_items.dim() > 0:
             ends = torch.cumsum(waveform_items.reshape(-1).to(torch.long), 0)
         else:
             ends = waveform_ends.reshape(-1).to(torch.long)
