@@ -160,4 +160,6 @@ def test_export_refuses_a_bad_batching_flag_before_loading_the_model(
     argv = ["export", "--model", str(tmp_path / "absent"), "--output", str(tmp_path / "repo")]
     assert main([*argv, "--target", "cpu", "--preferred-batch-size", "-1"]) == 2
     assert "preferred_batch_size must be >= 0" in capsys.readouterr().err
+    assert main([*argv, "--target", "cpu", "--classifier-on-cpu"]) == 2
+    assert "--classifier-on-cpu is for the gpu and gpu-python targets" in capsys.readouterr().err
     assert not (tmp_path / "repo").exists()
