@@ -13,6 +13,7 @@ a whole batch, a clip the model cannot compute gets the defined all-zero answer 
 
 from __future__ import annotations
 
+import dataclasses
 import re
 import sys
 import threading
@@ -200,95 +201,85 @@ NORMALISED = normalise(clip(31.0, seed=5)[0], do_normalize=True)[None, :]
 ZERO_ROW = "the all-zero answer"
 ANSWERED = "answered like any clip"
 
-# (id, array, datatype, input name, the Python runner's refusal, what the libtorch classifier gives:
-# ZERO_ROW, ANSWERED, or None when Triton core refuses it before either runtime with that same message)
-CLASSIFIER_CASES: list[tuple[str, npt.NDArray[Any], str, str, str, str | None]] = [
-    ("empty", np.zeros((1, 0), np.float32), "FP32", "waveform", r"too short: 0\.000 s \(0 samples", ZERO_ROW),
-    ("one-sample", NORMALISED[:, :1], "FP32", "waveform", r"too short: 0\.000 s \(1 samples", ZERO_ROW),
-    ("below-receptive-field", NORMALISED[:, :399], "FP32", "waveform", r"too short: .*\(399 samples", ZERO_ROW),
-    (
-        "below-minimum-duration",
-        NORMALISED[:, :1000],
-        "FP32",
-        "waveform",
-        r"too short: .*\(1000 samples.*minimum is 0\.100 s",
-        ANSWERED,
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class ClassifierCase:
+    """A request straight at the classifier and what each runtime gives it."""
+
+    id: str
+    array: npt.NDArray[Any]
+    refused_by_runner: str
+    """The pattern of the Python runner's INVALID_ARGUMENT message."""
+    libtorch: str | None
+    """ZERO_ROW, ANSWERED, or None: Triton core refuses it before either runtime, as the runner's pattern says."""
+    datatype: str = "FP32"
+    name: str = "waveform"
+
+
+CLASSIFIER_CASES = [
+    ClassifierCase("empty", np.zeros((1, 0), np.float32), r"too short: 0\.000 s \(0 samples", ZERO_ROW),
+    ClassifierCase("one-sample", NORMALISED[:, :1], r"too short: 0\.000 s \(1 samples", ZERO_ROW),
+    ClassifierCase("below-receptive-field", NORMALISED[:, :399], r"too short: .*\(399 samples", ZERO_ROW),
+    ClassifierCase(
+        "below-minimum-duration", NORMALISED[:, :1000], r"too short: .*\(1000 samples.*minimum is 0\.100 s", ANSWERED
     ),
-    ("too-long", NORMALISED[:, : MAX_SAMPLES + 1], "FP32", "waveform", r"too long: 30\.000 s \(480001", ANSWERED),
-    ("nan", with_samples({100: np.nan}), "FP32", "waveform", r"must be finite: found 1 NaN and 0 inf", ZERO_ROW),
-    ("-inf", with_samples({5: -np.inf}), "FP32", "waveform", r"must be finite: found 0 NaN and 1 inf", ZERO_ROW),
-    (
+    ClassifierCase("too-long", NORMALISED[:, : MAX_SAMPLES + 1], r"too long: 30\.000 s \(480001", ANSWERED),
+    ClassifierCase("nan", with_samples({100: np.nan}), r"must be finite: found 1 NaN and 0 inf", ZERO_ROW),
+    ClassifierCase("-inf", with_samples({5: -np.inf}), r"must be finite: found 0 NaN and 1 inf", ZERO_ROW),
+    ClassifierCase(
         "amplitude-3e38",
         np.full((1, SAMPLE_RATE), 3e38, np.float32),
-        "FP32",
-        "waveform",
         r"no answer for this clip: its samples \(peak \|sample\| 3e\+38\) overflow",
         ZERO_ROW,
     ),
-    (
+    ClassifierCase(
         "int64",
         np.zeros((1, SAMPLE_RATE), np.int64),
-        "INT64",
-        "waveform",
         r"data-type is 'INT64', but model 'classifier' expects 'FP32'",
         None,
+        datatype="INT64",
     ),
-    ("rank-1", np.zeros(SAMPLE_RATE, np.float32), "FP32", "waveform", rf"batch-size must be <= {BATCH}", None),
-    (
-        "rank-3",
-        np.zeros((1, 1, SAMPLE_RATE), np.float32),
-        "FP32",
-        "waveform",
-        r"unexpected shape for input 'waveform' for model 'classifier'",
-        None,
+    ClassifierCase("rank-1", np.zeros(SAMPLE_RATE, np.float32), rf"batch-size must be <= {BATCH}", None),
+    ClassifierCase("rank-3", np.zeros((1, 1, SAMPLE_RATE), np.float32), r"unexpected shape for input 'waveform'", None),
+    ClassifierCase("nine-clips", NORMALISED[:, :9].reshape(9, 1), rf"batch-size must be <= {BATCH}", None),
+    ClassifierCase(
+        "wrong-input-name", GOOD, r"unexpected inference input 'audio' for model 'classifier'", None, name="audio"
     ),
-    ("nine-clips", NORMALISED[:, :9].reshape(9, 1), "FP32", "waveform", rf"batch-size must be <= {BATCH}", None),
-    ("wrong-input-name", GOOD, "FP32", "audio", r"unexpected inference input 'audio' for model 'classifier'", None),
 ]
 
 
-def classifier_outputs(url: str, array: npt.NDArray[Any], *, name: str, datatype: str) -> list[npt.NDArray[Any]]:
-    response = raw_client(url).infer("classifier", [tensor(array, name=name, datatype=datatype)], client_timeout=60)
+def classifier_outputs(url: str, case: ClassifierCase) -> list[npt.NDArray[Any]]:
+    response = raw_client(url).infer(
+        "classifier", [tensor(case.array, name=case.name, datatype=case.datatype)], client_timeout=60
+    )
     return [response.as_numpy(output) for output in CLASSIFIER_OUTPUTS]
 
 
-@pytest.mark.parametrize(
-    ("array", "datatype", "name", "refused_by_runner", "libtorch"),
-    [case[1:] for case in CLASSIFIER_CASES],
-    ids=[case[0] for case in CLASSIFIER_CASES],
-)
+@pytest.mark.parametrize("case", CLASSIFIER_CASES, ids=[case.id for case in CLASSIFIER_CASES])
 def test_bad_input_straight_at_the_classifier_is_refused_or_gets_the_defined_answer(
     served: TritonServer,
     stubs: tuple[StubProcess, ...],
     good_answer: npt.NDArray[np.float32],
     request: pytest.FixtureRequest,
-    array: npt.NDArray[Any],
-    datatype: str,
-    name: str,
-    refused_by_runner: str,
-    libtorch: str | None,
+    case: ClassifierCase,
 ) -> None:
     """The classifier is reachable without the ensemble. The Python runner checks each clip as the
     preprocess does; the libtorch classifier answers what the model cannot compute with zeros."""
     url = served.endpoints.grpc_url
-    expected = refused_by_runner if classifier_runtime(url) == "python" or libtorch is None else libtorch
+    runner = classifier_runtime(url) == "python"
+    expected = case.refused_by_runner if runner or case.libtorch is None else case.libtorch
     if expected == ZERO_ROW:
-        outputs = classifier_outputs(url, array, name=name, datatype=datatype)
+        outputs = classifier_outputs(url, case)
         ok, got = all(output.shape[0] == 1 and not output.any() for output in outputs), f"{outputs}"
     elif expected == ANSWERED:
-        (probabilities,) = classifier_outputs(url, array, name=name, datatype=datatype)[1:2]
+        probabilities = classifier_outputs(url, case)[CLASSIFIER_OUTPUTS.index("probabilities")]
         ok, got = bool(np.isfinite(probabilities).all() and abs(probabilities.sum() - 1) < 1e-5), f"{probabilities}"
     else:
-        error = refusal(url, array, model="classifier", name=name, datatype=datatype, output="probabilities")
+        error = refusal(url, case.array, model="classifier", name=case.name, datatype=case.datatype)
         ok = error.status() == INVALID and re.search(expected, error.message()) is not None and clean(error.message())
         got = f"{error.status()}: {error.message()}"
-    report(
-        "bad input (classifier)",
-        request.node.callspec.id,
-        tried=1,
-        as_expected=int(ok),
-        note=expected if expected in (ZERO_ROW, ANSWERED) else "refused",
-    )
+    note = expected if expected in (ZERO_ROW, ANSWERED) else "refused"
+    report("bad input (classifier)", request.node.callspec.id, tried=1, as_expected=int(ok), note=note)
     assert ok, got
     still_serves(served, stubs, good_answer)
 

@@ -43,22 +43,9 @@ def tensor(array: npt.NDArray[Any], *, name: str = "audio", datatype: str = "FP3
     return request
 
 
-def infer(
-    url: str,
-    array: npt.NDArray[Any],
-    *,
-    model: str = "emotion",
-    name: str = "audio",
-    datatype: str = "FP32",
-    output: str = "probabilities",
-    headers: Mapping[str, str] | None = None,
-    timeout_s: float | None = 60.0,
-) -> npt.NDArray[np.float32]:
-    """The first row of `output` of one request; raises tritonclient's InferenceServerException."""
-    rows = infer_rows(
-        url, array, model=model, name=name, datatype=datatype, output=output, headers=headers, timeout_s=timeout_s
-    )
-    first: npt.NDArray[np.float32] = rows[0]
+def infer(url: str, array: npt.NDArray[Any], **options: Any) -> npt.NDArray[np.float32]:
+    """The first row of `infer_rows` (a request of one clip); raises tritonclient's InferenceServerException."""
+    first: npt.NDArray[np.float32] = infer_rows(url, array, **options)[0]
     return first
 
 
