@@ -36,6 +36,7 @@ from triton_probes import (
     raw_client,
     refusal,
     report,
+    settled_counts,
     tensor,
 )
 
@@ -391,7 +392,7 @@ def test_one_bad_request_does_not_harm_its_batch(
         position = round_ % (len(good) + 1)
         items = [(g, model, name) for g in good]
         items.insert(position, (bad, model, name))
-        before = model_counts(url, "classifier")
+        before = settled_counts(url, "classifier")  # the request just before may not be counted yet
         results = send_together(url, items)
         counts = counts_after(url, "classifier", before, successes=executed)
         bad_result = results.pop(position)

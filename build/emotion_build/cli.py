@@ -139,7 +139,7 @@ def _parser() -> argparse.ArgumentParser:
 
     serve = commands.add_parser(
         "serve",
-        help="run the pip-installed tritonserver on a cpu or gpu-python repository",
+        help="run the pip-installed tritonserver on a repository (gpu: with the libtorch backend of build-backend)",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     serve.add_argument("--model-repository", type=Path, default=Path("model_repository"))
