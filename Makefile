@@ -3,16 +3,21 @@
 PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
-APT_PACKAGES := espeak-ng sox libb64-0d libsndfile1 openssl libjemalloc2
+APT_PACKAGES := espeak-ng sox libb64-0d libsndfile1 openssl libjemalloc2 \
+	cmake ninja-build g++ rapidjson-dev googletest patchelf python3-dev
+# Sources of Triton's libtorch backend: a shared archive beside the checkout where there is one (CI has no
+# GitHub), else `build-backend` clones the r24.10 branches from GitHub.
+SOURCES_ARCHIVE ?= ../shared/vendor/triton-r24.10-sources.tar.gz
+LIBTORCH_BACKEND := $(VENV)/share/emotion-build/backends/pytorch/libtriton_pytorch.so
 REPOSITORY ?= model_repository
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: demo test lint typecheck setup system-deps repository serve bench bench-quick bench-tune bench-precision bench-variants bench-drift bench-overhead clean
+.PHONY: demo test lint typecheck setup system-deps libtorch-backend repository serve bench bench-quick bench-tune bench-precision bench-variants bench-drift bench-overhead clean
 
 demo: setup  ## export (real weights when reachable), serve on CPU, classify samples/, stop
 	$(BIN)/python -m emotion_build demo --model-repository $(REPOSITORY) --samples samples
 
-test: setup lint typecheck  ## install everything, then the whole suite against a real tritonserver
+test: setup libtorch-backend lint typecheck  ## install everything, then the whole suite against a real tritonserver
 	$(BIN)/pytest
 
 lint: setup
@@ -24,7 +29,7 @@ typecheck: setup
 
 setup: system-deps $(BIN)/.installed
 
-system-deps:  ## Debian packages: speech for tests and samples, libb64 for perf_analyzer, libsndfile, openssl for test certificates, jemalloc for tritonserver
+system-deps:  ## Debian packages: speech for tests and samples, libb64 for perf_analyzer, libsndfile, openssl for test certificates, jemalloc for tritonserver, the libtorch backend's build tools
 	@missing=$$(for p in $(APT_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || echo $$p; done); \
 	if [ -n "$$missing" ]; then \
 		echo "installing Debian packages: $$missing"; \
@@ -35,6 +40,11 @@ $(BIN)/.installed: requirements.txt build/pyproject.toml client/pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --disable-pip-version-check -r requirements.txt
 	touch $@
+
+libtorch-backend: setup $(LIBTORCH_BACKEND)  ## Triton's libtorch backend (r24.10) built against the venv's torch, about a minute
+
+$(LIBTORCH_BACKEND): $(BIN)/.installed
+	$(BIN)/python -m emotion_build build-backend --sources $(SOURCES_ARCHIVE)
 
 repository: setup  ## the GPU repository for NVIDIA's container (set MODEL=dir or RANDOM_INIT=base)
 	$(BIN)/python -m emotion_build export --target gpu --output $(REPOSITORY) \
@@ -58,7 +68,7 @@ bench-precision: setup  ## the bf16 export's precision gate on 100 speech clips 
 bench-variants: setup  ## forms of the exported module (bf16/fp32, sdpa, frozen, conv forms) timed in turn, with their precision (~20 min)
 	$(BIN)/python benchmarks/module_variants.py $(BENCH_ARGS)
 
-bench-overhead: setup  ## what the serving path costs per request with no model behind it: a GPU server's CPU side (~7 min)
+bench-overhead: setup libtorch-backend  ## what the serving path costs per request with no model behind it: a GPU server's CPU side (~7 min)
 	$(BIN)/python benchmarks/serving_overhead.py $(BENCH_ARGS)
 
 bench-drift: setup  ## how far HF's padded batch moves each clip's answer, next to ours

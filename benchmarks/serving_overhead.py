@@ -5,15 +5,19 @@ On a GPU the classifier takes milliseconds per batch, and what the CPU does for 
 whether the server can keep it fed: 10,000 audio-seconds per second is 10,000 requests per second
 of 1 s clips. This serves the real ensemble and preprocess model with the classifier's `model.pt`
 replaced by one that returns constant outputs of the right shapes, loads it with perf_analyzer and
-reports requests per second and the CPU time per request of each process. The batching settings
-are the GPU targets' (batches up to 32, 2 ms delay), the runner on the CPU, with one runner
+reports requests per second and the CPU time per request of each process. Both classifier runtimes
+are measured: the Python-backend runner (cpu and gpu-python targets) and Triton's libtorch backend
+(the gpu target, production), built by `make libtorch-backend` and run here on KIND_CPU; the
+libtorch classifier runs inside the server process, so its share is in the server's column. The
+batching settings are the GPU targets' (batches up to 32, 2 ms delay), with one classifier
 instance and with two: with batches this short, one instance let Triton's dynamic batcher leave
 requests queued for its 500 ms idle wait now and then, which is why the GPU targets now run two.
 Those stalls hit a fraction of a percent of requests, below perf_analyzer's p99, so a second probe
 counts them: synchronous clients in threads, as a service calls the server, and every request
 over 400 ms.
 
-    python benchmarks/serving_overhead.py                   # 1 s, 4 s, 10 s clips at c=8 and 32, about 7 min
+    python benchmarks/serving_overhead.py                   # 1 s, 4 s, 10 s clips at c=8 and 32, about 14 min
+    python benchmarks/serving_overhead.py --runtimes libtorch --instances 2 --stall-rounds 0
 
 The table goes between the `overhead` markers of docs/benchmarks.md.
 """
@@ -42,12 +46,15 @@ from speed.progress import log
 from speed.sections import REPO_ROOT, write_section
 from speed.workloads import Workload, make_workloads
 
-from emotion_build.description import AUDIO_INPUT, ENSEMBLE_MODEL, BatchingSettings
+from emotion_build.description import AUDIO_INPUT, ENSEMBLE_MODEL, BatchingSettings, Target
 from emotion_build.export import describe, export
+from emotion_build.libtorch_backend import check_backend, default_backends_dir
 from emotion_build.loading import random_model
-from emotion_build.server import TritonServer
+from emotion_build.server import TritonInstall, TritonServer, find_tritonserver
 
 ROLES = ("server", "preprocess", "classifier runner", "perf_analyzer")
+RUNTIMES: dict[str, Target] = {"python": "cpu", "libtorch": "gpu"}
+"""Each classifier runtime and the target whose repository serves it (the gpu one on KIND_CPU here)."""
 
 
 class ConstantClassifier(torch.nn.Module):
@@ -59,15 +66,19 @@ class ConstantClassifier(torch.nn.Module):
         self.embedding_size = embedding_size
 
     def forward(
-        self, waveform: torch.Tensor, waveform_ends: torch.Tensor
+        self,
+        waveform: torch.Tensor,
+        waveform_ends: torch.Tensor,
+        waveform_items: torch.Tensor = torch.tensor(0, dtype=torch.int32),  # noqa: B008 (as the served module's)
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        rows = waveform_ends.reshape(-1).shape[0]
+        rows = (waveform_items if waveform_items.dim() > 0 else waveform_ends).reshape(-1).shape[0]
         logits = torch.zeros(rows, self.classes, device=waveform.device)
         return logits, torch.softmax(logits, dim=-1), torch.zeros(rows, self.embedding_size, device=waveform.device)
 
 
 @dataclasses.dataclass(frozen=True)
 class OverheadPoint:
+    runtime: str
     instances: int
     workload: str
     concurrency: int
@@ -102,18 +113,30 @@ def cpu_by_role(pgid: int) -> dict[str, float]:
     return seconds
 
 
-def constant_repository(directory: Path, batching: BatchingSettings) -> Path:
-    """The cpu export of a tiny model, its classifier's model.pt swapped for the constant module."""
+def constant_repository(directory: Path, batching: BatchingSettings, runtime: str = "python") -> Path:
+    """The export of a tiny model for `runtime`, its classifier's model.pt swapped for the constant module."""
     loaded = random_model("tiny")
+    target = RUNTIMES[runtime]
+    if target != "cpu":
+        batching = dataclasses.replace(batching, classifier_on_cpu=True)
     description = describe(loaded, batching=batching, min_duration_s=0.1, max_duration_s=30.0)
-    export(loaded, directory, "cpu", description, progress=log)
+    export(loaded, directory, target, description, progress=log, dtype="fp32")
     module = torch.jit.script(ConstantClassifier(len(description.labels), description.embedding_size))
     module.save(str(directory / "classifier" / "1" / "model.pt"))  # type: ignore[no-untyped-call]
     return directory
 
 
+def install_for(runtime: str) -> TritonInstall | None:
+    """The pip tritonserver, with the libtorch backend beside its Python one for that runtime."""
+    if runtime == "python":
+        return None
+    check_backend(default_backends_dir())
+    return find_tritonserver(extra_backends=default_backends_dir())
+
+
 @dataclasses.dataclass(frozen=True)
 class StallProbe:
+    runtime: str
     instances: int
     number: int
     """Which round of the probe (instance counts alternate round by round)."""
@@ -129,7 +152,7 @@ STALL_CLIENTS = 8
 
 
 def stall_probe(
-    url: str, workload: Workload, *, clients: int, duration_s: float, instances: int, number: int
+    url: str, workload: Workload, *, clients: int, duration_s: float, runtime: str, instances: int, number: int
 ) -> StallProbe:
     """`clients` threads, each sending one clip at a time for `duration_s`, every latency kept."""
     latencies: list[float] = []
@@ -156,7 +179,7 @@ def stall_probe(
         thread.join()
     ms = np.asarray(latencies) * 1000.0
     return StallProbe(
-        instances, number, ms.size, float(np.percentile(ms, 99)), float(ms.max()), int((ms > STALL_MS).sum())
+        runtime, instances, number, ms.size, float(np.percentile(ms, 99)), float(ms.max()), int((ms > STALL_MS).sum())
     )
 
 
@@ -167,7 +190,14 @@ def served_requests(client: grpcclient.InferenceServerClient, model: str) -> int
 
 
 def measure(
-    server: TritonServer, instances: int, workload: Workload, concurrency: int, *, point_s: float, scratch: Path
+    server: TritonServer,
+    runtime: str,
+    instances: int,
+    workload: Workload,
+    concurrency: int,
+    *,
+    point_s: float,
+    scratch: Path,
 ) -> OverheadPoint:
     pid = server.pid
     if pid is None:
@@ -188,6 +218,7 @@ def measure(
     requests = max(served_after - served_before, 1)
     per_request = {role: (cpu_after[role] - cpu_before[role]) * 1000.0 / requests for role in ROLES}
     return OverheadPoint(
+        runtime,
         instances,
         workload.name,
         concurrency,
@@ -205,19 +236,20 @@ def markdown(points: Sequence[OverheadPoint], context: str) -> str:
         context,
         "",
         "CPU milliseconds per request, by process; 'cores per 10k audio-s/s' is the server's CPU "
-        "(every process but perf_analyzer) that 10,000 audio-seconds per second of such clips would take.",
+        "(every process but perf_analyzer) that 10,000 audio-seconds per second of such clips would take. "
+        "The libtorch classifier runs inside the server process: its share is in the server column.",
         "",
-        "| runner instances | clips | c | requests/s | audio-s/s | p50 ms | p99 ms | server | preprocess "
+        "| classifier | instances | clips | c | requests/s | audio-s/s | p50 ms | p99 ms | server | preprocess "
         "| classifier runner | perf_analyzer | server total | cores per 10k audio-s/s |",
-        "|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+        "|---|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for point in points:
         ms = point.cpu_ms_per_request
         audio_s = point.audio_s_per_s / point.requests_per_s
         cores = point.server_ms_per_request / 1000.0 * 10_000.0 / audio_s
         lines.append(
-            f"| {point.instances} | {point.workload} | {point.concurrency} | {point.requests_per_s:,.0f} "
-            f"| {point.audio_s_per_s:,.0f} "
+            f"| {point.runtime} | {point.instances} | {point.workload} | {point.concurrency} "
+            f"| {point.requests_per_s:,.0f} | {point.audio_s_per_s:,.0f} "
             f"| {point.p50_ms:.1f} | {point.p99_ms:.1f} | "
             + " | ".join(f"{ms[role]:.2f}" for role in ROLES)
             + f" | {point.server_ms_per_request:.2f} | {cores:.1f} |"
@@ -227,16 +259,16 @@ def markdown(points: Sequence[OverheadPoint], context: str) -> str:
 
 def stall_markdown(probes: Sequence[StallProbe], clients: int, duration_s: float, workload: str) -> str:
     lines = [
-        f"{clients} synchronous clients, {workload} clips, {duration_s:.0f} s per round, the runner instances "
-        f"alternating round by round; stalled: requests over {STALL_MS:.0f} ms.",
+        f"{clients} synchronous clients, {workload} clips, {duration_s:.0f} s per round, the classifier's runtime "
+        f"and instances alternating round by round; stalled: requests over {STALL_MS:.0f} ms.",
         "",
-        "| runner instances | round | requests | p99 ms | max ms | stalled |",
-        "|---:|---:|---:|---:|---:|---:|",
+        "| classifier | instances | round | requests | p99 ms | max ms | stalled |",
+        "|---|---:|---:|---:|---:|---:|---:|",
     ]
     for probe in probes:
         lines.append(
-            f"| {probe.instances} | {probe.number} | {probe.requests:,} | {probe.p99_ms:.1f} | {probe.max_ms:.0f} "
-            f"| {probe.stalled} |"
+            f"| {probe.runtime} | {probe.instances} | {probe.number} | {probe.requests:,} | {probe.p99_ms:.1f} "
+            f"| {probe.max_ms:.0f} | {probe.stalled} |"
         )
     return "\n".join(lines)
 
@@ -248,7 +280,14 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     )
     parser.add_argument("--concurrency", nargs="+", type=int, default=[8, 32], help="(default: %(default)s)")
     parser.add_argument(
-        "--instances", nargs="+", type=int, default=[1, 2], help="classifier runner instances (default: %(default)s)"
+        "--runtimes",
+        nargs="+",
+        choices=list(RUNTIMES),
+        default=list(RUNTIMES),
+        help="classifier runtimes: the Python-backend runner, the libtorch backend (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--instances", nargs="+", type=int, default=[1, 2], help="classifier instances (default: %(default)s)"
     )
     parser.add_argument(
         "--point-s", type=float, default=10.0, help="perf_analyzer's budget per point (default: %(default)s)"
@@ -273,39 +312,47 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     batching = BatchingSettings.for_target(args.batching)
     workloads, clips = make_workloads(args.workloads, clips_per_length=8, mixed_count=16)
+    installs = {runtime: install_for(runtime) for runtime in args.runtimes}  # a missing backend fails first
+    setups = [(runtime, instances) for runtime in args.runtimes for instances in args.instances]
     points = []
     with tempfile.TemporaryDirectory() as scratch:
-        for instances in args.instances:
+        for runtime, instances in setups:
             settings = dataclasses.replace(batching, classifier_instances=instances)
-            repository = constant_repository(Path(scratch) / f"repository-{instances}", settings)
-            with TritonServer(repository) as server:
+            repository = constant_repository(Path(scratch) / f"{runtime}-{instances}", settings, runtime)
+            with TritonServer(repository, install=installs[runtime]) as server:
                 for workload in workloads:
                     for concurrency in args.concurrency:
                         point = measure(
-                            server, instances, workload, concurrency, point_s=args.point_s, scratch=Path(scratch)
+                            server,
+                            runtime,
+                            instances,
+                            workload,
+                            concurrency,
+                            point_s=args.point_s,
+                            scratch=Path(scratch),
                         )
                         log(
-                            f"{instances} instance(s), {workload.name} c={concurrency}: {point.requests_per_s:,.0f} "
-                            f"requests/s, p99 {point.p99_ms:.0f} ms, server CPU {point.server_ms_per_request:.2f} ms "
-                            "a request"
+                            f"{runtime}, {instances} instance(s), {workload.name} c={concurrency}: "
+                            f"{point.requests_per_s:,.0f} requests/s, p99 {point.p99_ms:.0f} ms, "
+                            f"server CPU {point.server_ms_per_request:.2f} ms a request"
                         )
                         points.append(point)
         probes = []
         stall_workload = workloads[0]
         for number in range(1, args.stall_rounds + 1):
-            for instances in args.instances:
-                repository = Path(scratch) / f"repository-{instances}"
-                with TritonServer(repository) as server:
+            for runtime, instances in setups:
+                with TritonServer(Path(scratch) / f"{runtime}-{instances}", install=installs[runtime]) as server:
                     probe = stall_probe(
                         server.endpoints.grpc_url,
                         stall_workload,
                         clients=STALL_CLIENTS,
                         duration_s=args.point_s,
+                        runtime=runtime,
                         instances=instances,
                         number=number,
                     )
                 log(
-                    f"stall probe, {instances} instance(s), round {number}: "
+                    f"stall probe, {runtime}, {instances} instance(s), round {number}: "
                     f"{probe.stalled} of {probe.requests} over {STALL_MS:.0f} ms"
                 )
                 probes.append(probe)
@@ -315,12 +362,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         f"`{' '.join(['python benchmarks/serving_overhead.py', *(sys.argv[1:] if argv is None else argv)])}`. "
         f"The served ensemble and preprocess model with a constant classifier (no model), the {args.batching} "
         f"targets' batching (max batch {batching.max_batch_size}, queue delay {batching.max_queue_delay_us} µs, "
-        f"{batching.preprocess_instances} preprocess instances), the Python-backend runner on the CPU; "
-        f"clips: {clips}."
+        f"{batching.preprocess_instances} preprocess instances), the classifier on the CPU "
+        f"({', '.join(args.runtimes)}); clips: {clips}."
     )
-    table = (
-        markdown(points, context) + "\n\n" + stall_markdown(probes, STALL_CLIENTS, args.point_s, stall_workload.name)
-    )
+    table = markdown(points, context)
+    if probes:
+        table += "\n\n" + stall_markdown(probes, STALL_CLIENTS, args.point_s, stall_workload.name)
     print(table)
     if not args.no_write:
         write_section(REPO_ROOT / "docs" / "benchmarks.md", "overhead", table)

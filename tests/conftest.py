@@ -9,9 +9,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from repositories import export_cpu_repository
+from repositories import export_cpu_repository, export_repository
+from triton_probes import RUNTIMES
 
-from emotion_build.server import TritonServer
+from emotion_build.server import TritonServer, find_tritonserver
 from emotion_client import EmotionClient
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -48,25 +49,60 @@ def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return directory
 
 
+TEST_BATCHING = (
+    # Batches fill to CONCURRENCY (8), with no preferred size to cut them at, or wait up to 100 ms
+    # for it, so test_batching can show that mixed lengths batch even on a loaded two-core machine.
+    "--max-batch-size",
+    "8",
+    "--preferred-batch-size",
+    "0",
+    "--max-queue-delay-us",
+    "100000",
+    "--intra-op-threads",
+    "1",
+    # One classifier instance, so that the batches test_batching counts all form in one place.
+    "--classifier-instances",
+    "1",
+)
+"""The export options of both test repositories: the same batching behind either classifier runtime."""
+
+
 @pytest.fixture(scope="session")
 def tiny_repository(tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return export_cpu_repository(
-        tiny_model_dir,
-        tmp_path_factory.mktemp("repo") / "model_repository",
-        # Batches fill to CONCURRENCY (8), with no preferred size to cut them at, or wait up to 100 ms
-        # for it, so test_batching can show that mixed lengths batch even on a loaded two-core machine.
-        "--max-batch-size",
-        "8",
-        "--preferred-batch-size",
-        "0",
-        "--max-queue-delay-us",
-        "100000",
-        "--intra-op-threads",
-        "1",
-        # One classifier instance, so that the batches test_batching counts all form in one place.
-        "--classifier-instances",
-        "1",
-    )
+    return export_cpu_repository(tiny_model_dir, tmp_path_factory.mktemp("repo") / "model_repository", *TEST_BATCHING)
+
+
+@pytest.fixture(scope="session")
+def libtorch_backends() -> Path:
+    """The libtorch backend `make test` builds into this environment (make libtorch-backend)."""
+    from emotion_build.libtorch_backend import BackendBuildError, check_backend, default_backends_dir
+
+    try:
+        check_backend(default_backends_dir())
+    except BackendBuildError as error:
+        pytest.fail(str(error))
+    return default_backends_dir()
+
+
+@pytest.fixture(scope="session")
+def libtorch_repository(tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The production target's repository (libtorch classifier) of the same model, on this CPU."""
+    output = tmp_path_factory.mktemp("libtorch-repo") / "model_repository"
+    return export_repository(tiny_model_dir, output, "gpu", "--classifier-on-cpu", *TEST_BATCHING)
+
+
+@pytest.fixture(scope="session")
+def libtorch_triton(libtorch_repository: Path, libtorch_backends: Path) -> Iterator[TritonServer]:
+    with TritonServer(libtorch_repository, install=find_tritonserver(extra_backends=libtorch_backends)) as server:
+        yield server
+
+
+@pytest.fixture(scope="session", params=RUNTIMES)
+def served(request: pytest.FixtureRequest) -> TritonServer:
+    """The shared server of each classifier runtime: the cpu target's Python runner (`triton`) and the
+    production gpu target's libtorch backend on KIND_CPU (`libtorch_triton`), same model and batching."""
+    server: TritonServer = request.getfixturevalue("triton" if request.param == "python" else "libtorch_triton")
+    return server
 
 
 @pytest.fixture(scope="session")
@@ -90,6 +126,13 @@ def triton(tiny_repository: Path) -> Iterator[TritonServer]:
 def url(triton: TritonServer) -> str:
     """The shared server's gRPC address, as SDK callers pass it."""
     return str(triton.endpoints.grpc_url)
+
+
+@pytest.fixture(scope="module")
+def served_client(served: TritonServer) -> Iterator[EmotionClient]:
+    """An SDK client of `served`: one per module and runtime."""
+    with EmotionClient(served.endpoints.grpc_url, timeout_s=60) as sdk:
+        yield sdk
 
 
 @pytest.fixture(scope="module")

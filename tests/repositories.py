@@ -9,7 +9,12 @@ from pathlib import Path
 
 
 def export_cpu_repository(model_dir: Path, output: Path, *options: str) -> Path:
-    """A CPU-target repository of the checkpoint in `model_dir`, offline, with extra export options.
+    """A CPU-target repository of the checkpoint in `model_dir`, offline, with extra export options."""
+    return export_repository(model_dir, output, "cpu", *options)
+
+
+def export_repository(model_dir: Path, output: Path, target: str, *options: str) -> Path:
+    """A repository of `target` (gpu with --classifier-on-cpu: the libtorch classifier on this CPU).
 
     fp32 unless the options say otherwise: the tests compare served answers with eager HF to 1e-4,
     which only fp32 keeps (the default `auto` takes bf16 on CPUs that have it)."""
@@ -24,7 +29,7 @@ def export_cpu_repository(model_dir: Path, output: Path, *options: str) -> Path:
             "--model",
             str(model_dir),
             "--target",
-            "cpu",
+            target,
             "--output",
             str(output),
             *options,

@@ -20,8 +20,11 @@ CONCURRENCY = 8  # the test repository's max_batch_size (tests/conftest.py)
 
 
 @pytest.mark.parametrize("seed", [0, 1])
-def test_mixed_lengths_batch_together_without_changing_any_answer(triton: TritonServer, seed: int) -> None:
-    url = triton.endpoints.grpc_url
+def test_mixed_lengths_batch_together_without_changing_any_answer(
+    served: TritonServer, seed: int, request: pytest.FixtureRequest
+) -> None:
+    """Through either classifier runtime: the Python runner and the production libtorch backend."""
+    url = served.endpoints.grpc_url
     rng = np.random.default_rng(seed)
     lengths = rng.integers(int(0.3 * SAMPLE_RATE), 15 * SAMPLE_RATE, size=4 * CONCURRENCY)
     clips = [(0.2 * rng.standard_normal(n)).astype(np.float32) for n in lengths]
@@ -37,7 +40,8 @@ def test_mixed_lengths_batch_together_without_changing_any_answer(triton: Triton
     drift = float(np.abs(together - alone).max())
     average_batch = inferences / executions
     print(
-        f"seed {seed}: {len(clips)} clips {lengths.min() / SAMPLE_RATE:.1f}-{lengths.max() / SAMPLE_RATE:.1f} s, "
+        f"{request.node.callspec.id}: {len(clips)} clips "
+        f"{lengths.min() / SAMPLE_RATE:.1f}-{lengths.max() / SAMPLE_RATE:.1f} s, "
         f"max |Δprob| alone vs batched {drift:.2e}, average executed batch {average_batch:.2f}"
     )
     assert inferences == len(clips)

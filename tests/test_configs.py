@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 import pytest
@@ -33,18 +34,22 @@ def test_gpu_classifier_is_libtorch_with_ragged_batching_on_gpu() -> None:
     assert config.platform == "pytorch_libtorch"
     assert config.instance_group[0].kind == mc.ModelInstanceGroup.KIND_GPU
     assert config.input[0].allow_ragged_batch
-    (batch_input,) = config.batch_input
-    assert batch_input.kind == mc.BatchInput.BATCH_ACCUMULATED_ELEMENT_COUNT
-    assert batch_input.data_type == mc.TYPE_INT32  # core rejects INT64 batch inputs
-    assert list(batch_input.source_input) == [config.input[0].name]
+    ends, items = config.batch_input
+    assert ends.kind == mc.BatchInput.BATCH_ACCUMULATED_ELEMENT_COUNT
+    # One row per batch item, not per request: a request of [2, n] is two clips (served_classifier.py).
+    assert (items.kind, list(items.target_name)) == (mc.BatchInput.BATCH_ITEM_SHAPE, ["waveform_items"])
+    for batch_input in (ends, items):
+        assert batch_input.data_type == mc.TYPE_INT32  # core rejects INT64 batch inputs
+        assert list(batch_input.source_input) == [config.input[0].name]
     # libtorch maps outputs by config order: logits first, as forward() returns them.
     assert [o.name for o in config.output] == ["logits", "probabilities", "embedding"]
     assert list(config.output[2].dims) == [ModelDescription(labels=LABELS).embedding_size]
     assert config.dynamic_batching.max_queue_delay_microseconds == BatchingSettings().max_queue_delay_us
 
 
-def test_cpu_and_gpu_classifiers_differ_only_in_runtime_and_device() -> None:
+def test_cpu_and_gpu_classifiers_differ_only_in_runtime_device_and_item_lengths() -> None:
     configs = {t: all_configs(ModelDescription(labels=LABELS), t)["classifier"] for t in ("gpu", "cpu")}
+    del configs["gpu"].batch_input[1]  # the per-item lengths only libtorch needs
     for config in configs.values():
         config.ClearField("platform")
         config.ClearField("backend")
@@ -52,6 +57,19 @@ def test_cpu_and_gpu_classifiers_differ_only_in_runtime_and_device() -> None:
         for group in config.instance_group:
             group.ClearField("kind")
     assert configs["gpu"] == configs["cpu"]
+
+
+@pytest.mark.parametrize("target", ["gpu", "gpu-python"])
+def test_a_gpu_target_can_put_its_classifier_on_the_cpu_and_nothing_else_changes(target: str) -> None:
+    on_gpu = BatchingSettings.for_target(target)  # type: ignore[arg-type]
+    on_cpu = dataclasses.replace(on_gpu, classifier_on_cpu=True)
+    configs = [all_configs(ModelDescription(labels=LABELS, batching=b), target)["classifier"] for b in (on_gpu, on_cpu)]  # type: ignore[arg-type]
+    assert [[g.kind for g in c.instance_group] for c in configs] == [
+        [mc.ModelInstanceGroup.KIND_GPU],
+        [mc.ModelInstanceGroup.KIND_CPU],
+    ]
+    configs[1].instance_group[0].kind = mc.ModelInstanceGroup.KIND_GPU
+    assert configs[0] == configs[1]
 
 
 def test_ensemble_carries_labels_and_sdk_parameters() -> None:
@@ -142,4 +160,6 @@ def test_export_refuses_a_bad_batching_flag_before_loading_the_model(
     argv = ["export", "--model", str(tmp_path / "absent"), "--output", str(tmp_path / "repo")]
     assert main([*argv, "--target", "cpu", "--preferred-batch-size", "-1"]) == 2
     assert "preferred_batch_size must be >= 0" in capsys.readouterr().err
+    assert main([*argv, "--target", "cpu", "--classifier-on-cpu"]) == 2
+    assert "--classifier-on-cpu is for the gpu and gpu-python targets" in capsys.readouterr().err
     assert not (tmp_path / "repo").exists()

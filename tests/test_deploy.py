@@ -425,6 +425,8 @@ def test_serve_stage_serves_the_export_as_non_root_on_the_build_ports(dockerfile
     assert {f"--{name}-port={port}" for name, port in ports.items()} <= set(cmd)
     assert "--strict-readiness=true" in cmd
     assert "--model-control-mode=none" in cmd, "no client may load or unload models (as `serve` does)"
+    # The build writes complete configs; with auto-complete on, the libtorch backend logs that it skips it.
+    assert "--disable-auto-complete-config" in cmd, "as `serve` starts the server"
     assert not [i for i in serve if i.keyword == "ENTRYPOINT"], "keep NVIDIA's entrypoint (CUDA compat setup)"
     (expose,) = [i.args for i in serve if i.keyword == "EXPOSE"]
     assert {int(p) for p in expose.split()} == set(ports.values())

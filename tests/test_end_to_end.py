@@ -41,9 +41,9 @@ def speech_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return directory
 
 
-def test_labels_and_settings_come_from_the_server(client: EmotionClient, hf_classifier: tuple[Any, Any]) -> None:
+def test_labels_and_settings_come_from_the_server(served_client: EmotionClient, hf_classifier: tuple[Any, Any]) -> None:
     model, _ = hf_classifier
-    info = client.model_info()
+    info = served_client.model_info()
     assert info.labels == tuple(model.config.id2label[i] for i in range(model.config.num_labels))
     assert info.sample_rate == 16000
     assert info.untrained is False
@@ -51,8 +51,14 @@ def test_labels_and_settings_come_from_the_server(client: EmotionClient, hf_clas
 
 @pytest.mark.parametrize("index", range(len(DURATIONS_S)))
 def test_speech_files_match_the_eager_model(
-    client: EmotionClient, hf_classifier: tuple[Any, Any], speech_dir: Path, index: int
+    served_client: EmotionClient,
+    hf_classifier: tuple[Any, Any],
+    speech_dir: Path,
+    index: int,
+    request: pytest.FixtureRequest,
 ) -> None:
+    """Through either classifier runtime: the Python runner and the production libtorch backend."""
+    client = served_client
     (path,) = speech_dir.glob(f"speech-{index}-*.wav")
     assert soundfile.info(path).samplerate == 22050  # the SDK must resample
     served = client.classify(path)
@@ -60,7 +66,7 @@ def test_speech_files_match_the_eager_model(
     expected = eager_probabilities(hf_classifier, audio)
     got = in_label_order(served, client.model_info().labels)
     drift = float(np.abs(got - expected).max())
-    print(f"{path.name}: max |Δprob| served vs eager = {drift:.2e}")
+    print(f"{request.node.callspec.id} {path.name}: max |Δprob| served vs eager = {drift:.2e}")
     assert drift <= 1e-4
     assert served.label == client.model_info().labels[int(np.argmax(expected))]
     assert [s.score for s in served.scores] == sorted((s.score for s in served.scores), reverse=True)

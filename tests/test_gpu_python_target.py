@@ -187,13 +187,17 @@ def test_a_jit_parameter_that_is_not_a_boolean_fails_the_load_by_name(
     assert torch._C._jit_texpr_fuser_enabled() is fuser
 
 
-def test_serve_refuses_a_libtorch_repository_with_the_way_out(
-    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+def test_serve_refuses_a_libtorch_repository_without_a_libtorch_backend_with_the_ways_out(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    import emotion_build.libtorch_backend
+
+    monkeypatch.setattr(emotion_build.libtorch_backend, "default_backends_dir", lambda: tmp_path / "no-backends")
     for name, config in all_configs(ModelDescription(labels=LABELS), "gpu").items():
         (tmp_path / name).mkdir()
         (tmp_path / name / "config.pbtxt").write_text(render(config))
     assert cli_main(["serve", "--model-repository", str(tmp_path)]) == 2
     error = capsys.readouterr().err
-    assert "libtorch" in error
-    assert "--target gpu-python" in error
+    assert "needs Triton's libtorch backend" in error
+    for way_out in ("docker/", "make libtorch-backend", "--classifier-on-cpu", "--target cpu"):
+        assert way_out in error, way_out

@@ -19,7 +19,7 @@ import numpy as np
 import pytest
 import tritonclient.grpc as grpcclient
 from certificates import Pki, make_pki
-from triton_probes import ServeProcess, clip, infer, report, tensor
+from triton_probes import RUNTIMES, ServeProcess, clip, infer, report, tensor
 from tritonclient.utils import InferenceServerException
 
 from emotion_build.cli import main
@@ -50,17 +50,32 @@ class Secured:
     grpc_url: str
     http_url: str
     summary: str
+    plain: TritonServer
+    """The same repository served without TLS or token, for reference answers."""
+    runtime: str
+
+    @property
+    def area(self) -> str:
+        """The report's area: the flags on this classifier runtime."""
+        return f"security ({self.runtime})"
 
 
-@pytest.fixture(scope="module")
-def secured(tiny_repository: Path, pki: Pki, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Secured]:
+@pytest.fixture(scope="module", params=RUNTIMES)
+def secured(pki: Pki, tmp_path_factory: pytest.TempPathFactory, request: pytest.FixtureRequest) -> Iterator[Secured]:
+    """`serve` with TLS and a token on either classifier runtime; the libtorch one is the repository of
+    the production target, whose backend `serve` finds in this environment by itself."""
+    python = request.param == "python"
+    repository: Path = request.getfixturevalue("tiny_repository" if python else "libtorch_repository")
+    plain: TritonServer = request.getfixturevalue("triton" if python else "libtorch_triton")
+    if not python:
+        request.getfixturevalue("libtorch_backends")  # built, and for this torch
     directory = tmp_path_factory.mktemp("secured")
     token_file = directory / "token"
     token_file.write_text(TOKEN + "\n")
     token_file.chmod(0o600)
     grpc, http, metrics = free_port(), free_port(), free_port()
     args = [
-        "--model-repository", str(tiny_repository),
+        "--model-repository", str(repository),
         "--host", "0.0.0.0",
         "--grpc-port", str(grpc), "--http-port", str(http), "--metrics-port", str(metrics),
         "--grpc-tls-cert", str(pki.server_cert), "--grpc-tls-key", str(pki.server_key),
@@ -68,7 +83,7 @@ def secured(tiny_repository: Path, pki: Pki, tmp_path_factory: pytest.TempPathFa
     ]  # fmt: skip
     serve = ServeProcess(args, directory / "serve.log").start()
     try:
-        yield Secured(f"localhost:{grpc}", f"http://127.0.0.1:{http}", serve.summary)
+        yield Secured(f"localhost:{grpc}", f"http://127.0.0.1:{http}", serve.summary, plain, request.param)
     finally:
         serve.stop()
     assert TOKEN not in serve.summary
@@ -105,13 +120,13 @@ def test_a_plaintext_client_is_refused_even_with_the_token(secured: Secured) -> 
     with EmotionClient(secured.grpc_url, timeout_s=10) as client, pytest.raises(ServerUnavailableError) as seen:
         client.classify(CLIP[0])
     print(f"\nplaintext client: {type(seen.value).__name__}: {seen.value}")
-    report("security", "plaintext gRPC client vs TLS server", tried=3, as_expected=3, note="UNAVAILABLE")
+    report(secured.area, "plaintext gRPC client vs TLS server", tried=3, as_expected=3, note="UNAVAILABLE")
 
 
 def test_a_client_trusting_another_ca_is_refused(secured: Secured, pki: Pki, rogue_ca: Path) -> None:
     error = refused(lambda: tls_client(secured.grpc_url, pki, ca=rogue_ca).is_server_live(client_timeout=10))
     assert error.status() == "StatusCode.UNAVAILABLE"
-    report("security", "TLS client trusting another CA", tried=1, as_expected=1, note="handshake refused")
+    report(secured.area, "TLS client trusting another CA", tried=1, as_expected=1, note="handshake refused")
 
 
 @pytest.mark.parametrize(
@@ -138,16 +153,15 @@ def test_without_the_token_every_protected_api_is_refused(
         error = refused(call)
         assert error.status() == "StatusCode.UNAVAILABLE" and RESTRICTED in error.message(), (api, error)
     assert client.is_server_live(headers=headers) and client.is_model_ready("emotion", headers=headers)
-    report("security", f"{len(calls)} protected APIs, token {request.node.callspec.id}", tried=len(calls),
+    report(secured.area, f"{len(calls)} protected APIs, token {request.node.callspec.id}", tried=len(calls),
            as_expected=len(calls), note="refused: restricted protocol; health still open")  # fmt: skip
 
 
-def test_with_the_token_inference_is_served_and_model_control_stays_off(
-    secured: Secured, pki: Pki, triton: TritonServer
-) -> None:
+def test_with_the_token_inference_is_served_and_model_control_stays_off(secured: Secured, pki: Pki) -> None:
     client = tls_client(secured.grpc_url, pki)
     response = client.infer("emotion", [tensor(CLIP)], headers=GRPC_TOKEN)
-    np.testing.assert_allclose(response.as_numpy("probabilities")[0], infer(triton.endpoints.grpc_url, CLIP), atol=1e-6)
+    expected = infer(secured.plain.endpoints.grpc_url, CLIP)
+    np.testing.assert_allclose(response.as_numpy("probabilities")[0], expected, atol=1e-6)
     for call in (
         lambda: client.unload_model("emotion", headers=GRPC_TOKEN),
         lambda: client.load_model("classifier", headers=GRPC_TOKEN),
@@ -155,7 +169,7 @@ def test_with_the_token_inference_is_served_and_model_control_stays_off(
         error = refused(call)
         assert "explicit model load / unload is not allowed" in error.message(), error
     assert client.is_model_ready("emotion", headers=GRPC_TOKEN)
-    report("security", "token holder: inference / load / unload", tried=3, as_expected=3,
+    report(secured.area, "token holder: inference / load / unload", tried=3, as_expected=3,
            note="served; model control off (load/unload refused)")  # fmt: skip
 
 
@@ -174,7 +188,7 @@ def test_http_needs_the_token_too_and_only_listens_on_loopback(secured: Secured)
     listening = Path("/proc/net/tcp").read_text().splitlines()[1:]
     addresses = {line.split()[1] for line in listening if line.split()[3] == "0A"}  # 0A: LISTEN
     assert f"0100007F:{int(port):04X}" in addresses and f"00000000:{int(port):04X}" not in addresses
-    report("security", "HTTP without / with token; bind address", tried=3, as_expected=3,
+    report(secured.area, "HTTP without / with token; bind address", tried=3, as_expected=3,
            note="403 without; 200 with; 127.0.0.1 only")  # fmt: skip
 
 
@@ -186,7 +200,7 @@ def test_the_sdk_sees_typed_errors_and_is_served_with_tls_and_token(secured: Sec
     with without_token as client, pytest.raises(AuthenticationError) as seen:
         client.classify(CLIP[0])
     print(f"\nSDK without the token: {type(seen.value).__name__}: {seen.value}")
-    report("security", "SDK with TLS: with / without token", tried=2, as_expected=2,
+    report(secured.area, "SDK with TLS: with / without token", tried=2, as_expected=2,
            note=f"served; {type(seen.value).__name__}")  # fmt: skip
 
 

@@ -8,7 +8,7 @@ import numpy as np
 import numpy.typing as npt
 import pytest
 
-from emotion_build.triton_models.ragged import length_groups, merge_groups
+from emotion_build.triton_models.ragged import length_groups, merge_groups, unanswered_rows
 
 
 def padded_cost(lengths: list[int], groups: list[list[int]]) -> int:
@@ -53,3 +53,13 @@ def test_bad_arguments_are_refused() -> None:
         length_groups([], max_padding=0.1)
     with pytest.raises(ValueError, match="rows for a group"):
         merge_groups([[0, 1]], [[np.zeros((1, 4), np.float32)]])
+
+
+def test_only_rows_that_are_zero_in_every_output_are_unanswered() -> None:
+    logits = np.array([[0.0, 0.0], [0.0, 0.0], [1.0, -1.0]], np.float32)
+    probabilities = np.array([[0.0, 0.0], [0.5, 0.5], [0.9, 0.1]], np.float32)
+    embedding = np.zeros((3, 5), np.float32)
+    assert unanswered_rows([logits, probabilities, embedding]) == [0]
+    assert unanswered_rows([np.zeros((2, 4), np.float32)]) == [0, 1]
+    with pytest.raises(ValueError, match="outputs"):
+        unanswered_rows([])

@@ -25,6 +25,8 @@ import tritonclient.grpc as grpcclient
 from tritonclient.utils import InferenceServerException
 
 SAMPLE_RATE = 16000
+RUNTIMES = ("python", "libtorch")
+"""The classifier runtimes the shared tests run against (`served` in conftest)."""
 _LOCAL = threading.local()
 
 
@@ -42,7 +44,13 @@ def tensor(array: npt.NDArray[Any], *, name: str = "audio", datatype: str = "FP3
     return request
 
 
-def infer(
+def infer(url: str, array: npt.NDArray[Any], **options: Any) -> npt.NDArray[np.float32]:
+    """The first row of `infer_rows` (a request of one clip); raises tritonclient's InferenceServerException."""
+    first: npt.NDArray[np.float32] = infer_rows(url, array, **options)[0]
+    return first
+
+
+def infer_rows(
     url: str,
     array: npt.NDArray[Any],
     *,
@@ -53,7 +61,7 @@ def infer(
     headers: Mapping[str, str] | None = None,
     timeout_s: float | None = 60.0,
 ) -> npt.NDArray[np.float32]:
-    """The first row of `output` of one request; raises tritonclient's InferenceServerException."""
+    """Every row of `output` of one request (one per clip it carries)."""
     response = raw_client(url).infer(
         model,
         [tensor(array, name=name, datatype=datatype)],
@@ -61,7 +69,7 @@ def infer(
         headers=dict(headers or {}),
         client_timeout=timeout_s,
     )
-    return np.asarray(response.as_numpy(output)[0], dtype=np.float32)
+    return np.asarray(response.as_numpy(output), dtype=np.float32)
 
 
 def refusal(url: str, array: npt.NDArray[Any], **kwargs: Any) -> InferenceServerException:
@@ -71,6 +79,12 @@ def refusal(url: str, array: npt.NDArray[Any], **kwargs: Any) -> InferenceServer
     except InferenceServerException as error:
         return error
     raise AssertionError(f"the server accepted a request it must refuse: {kwargs} shape {list(array.shape)}")
+
+
+def classifier_runtime(url: str) -> str:
+    """ "libtorch" when the server's classifier runs in Triton's libtorch backend, else "python" (the runner)."""
+    config = raw_client(url).get_model_config("classifier", as_json=True)["config"]
+    return "libtorch" if config.get("platform") == "pytorch_libtorch" else "python"
 
 
 def clip(seconds: float, *, seed: int = 0, amplitude: float = 0.1) -> npt.NDArray[np.float32]:

@@ -23,6 +23,7 @@ UNTRAINED_BANNER = """\
 
 def _parser() -> argparse.ArgumentParser:
     from .description import TARGETS, BatchingSettings, ModelDescription
+    from .libtorch_backend import ARCHIVE_NAME, GITHUB, default_backends_dir
     from .loading import DEFAULT_MODEL
     from .security import API_GROUPS, DEFAULT_PROTECTED_APIS, DEFAULT_TOKEN_HEADER
 
@@ -138,9 +139,16 @@ def _parser() -> argparse.ArgumentParser:
         f"(default {cpu.keep_freed_memory_mb} for cpu, {gpu.keep_freed_memory_mb} for the gpu targets; 0: off)",
     )
 
+    export.add_argument(
+        "--classifier-on-cpu",
+        action="store_true",
+        help="gpu and gpu-python targets: put the classifier's instances on the CPU (KIND_CPU), e.g. the libtorch "
+        "classifier of --target gpu on a machine without a GPU (serve --backends-dir)",
+    )
+
     serve = commands.add_parser(
         "serve",
-        help="run the pip-installed tritonserver on a cpu or gpu-python repository",
+        help="run the pip-installed tritonserver on a repository (gpu: with the libtorch backend of build-backend)",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     serve.add_argument("--model-repository", type=Path, default=Path("model_repository"))
@@ -149,6 +157,14 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--http-port", type=int, default=8000)
     serve.add_argument("--metrics-port", type=int, default=8002)
     serve.add_argument("--log-verbose", type=int, default=0)
+    serve.add_argument(
+        "--backends-dir",
+        type=Path,
+        default=None,
+        help="directory of further Triton backends served beside the pip server's python one, e.g. the libtorch "
+        "backend (pytorch/) that `build-backend` builds (default: the one in this environment, for a repository "
+        "whose classifier needs it)",
+    )
     serve.add_argument(
         "--http-host",
         default=None,
@@ -179,6 +195,19 @@ def _parser() -> argparse.ArgumentParser:
         default=",".join(DEFAULT_PROTECTED_APIS),
         help=f"comma-separated API groups that need the token, of: {', '.join(API_GROUPS)}",
     )
+    backend = commands.add_parser(
+        "build-backend",
+        help="build Triton's libtorch backend (r24.10) against this environment's torch, for serve --backends-dir",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    backend.add_argument("--output", type=Path, default=default_backends_dir(), help="backends directory")
+    backend.add_argument(
+        "--sources",
+        type=Path,
+        default=None,
+        help=f"archive of the four source trees ({ARCHIVE_NAME}); when it is missing, the branches are cloned",
+    )
+    backend.add_argument("--github", default=GITHUB, help="where the repositories are cloned from")
     demo = commands.add_parser(
         "demo",
         help="export a CPU repository if needed, serve it, classify audio files, stop",
@@ -196,6 +225,8 @@ def _batching(args: argparse.Namespace) -> BatchingSettings:
     from .description import BatchingSettings
 
     defaults = BatchingSettings.for_target(args.target)
+    if args.classifier_on_cpu and args.target == "cpu":
+        raise ValueError("--classifier-on-cpu is for the gpu and gpu-python targets: the cpu target's is there already")
     return BatchingSettings(
         max_batch_size=getattr(args, "max_batch_size", defaults.max_batch_size),
         preferred_batch_size=getattr(args, "preferred_batch_size", defaults.preferred_batch_size),
@@ -207,6 +238,7 @@ def _batching(args: argparse.Namespace) -> BatchingSettings:
         queue_timeout_ms=args.queue_timeout_ms,
         max_padding_fraction=defaults.max_padding_fraction,
         keep_freed_memory_mb=getattr(args, "keep_freed_memory_mb", defaults.keep_freed_memory_mb),
+        classifier_on_cpu=args.classifier_on_cpu,
     )
 
 
@@ -266,8 +298,33 @@ def _security(args: argparse.Namespace) -> tuple[GrpcTLS | None, TokenAuth | Non
     return tls, auth
 
 
+def _backends_dir(args: argparse.Namespace) -> Path | None:
+    """--backends-dir, or for a repository whose classifier needs libtorch, the backend `build-backend`
+    left in this environment; ValueError says how to get one."""
+    from .libtorch_backend import HOW_TO_BUILD, BackendBuildError, check_backend, default_backends_dir
+
+    classifier_config = args.model_repository / "classifier" / "config.pbtxt"
+    needs_libtorch = classifier_config.is_file() and "pytorch_libtorch" in classifier_config.read_text()
+    chosen: Path | None = args.backends_dir
+    if chosen is None and needs_libtorch:
+        chosen = default_backends_dir()
+        if not chosen.is_dir():
+            raise ValueError(
+                f"{args.model_repository} is a gpu-target repository: its classifier needs Triton's libtorch backend, "
+                "which the pip tritonserver lacks. Serve it in NVIDIA's Triton container (docker/), or build the "
+                f"backend for this server with {HOW_TO_BUILD} (and export with --classifier-on-cpu on a machine "
+                "without a GPU), or export --target cpu"
+            )
+    if chosen is not None and needs_libtorch:
+        try:
+            check_backend(chosen)
+        except BackendBuildError as error:
+            raise ValueError(str(error)) from error
+    return chosen
+
+
 def _serve(args: argparse.Namespace) -> int:
-    from .server import ServerError, serve
+    from .server import ServerError, find_tritonserver, serve
 
     if not (args.model_repository / "emotion" / "config.pbtxt").is_file():
         print(
@@ -276,21 +333,14 @@ def _serve(args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
         return 2
-    classifier_config = args.model_repository / "classifier" / "config.pbtxt"
-    if classifier_config.is_file() and "pytorch_libtorch" in classifier_config.read_text():
-        print(
-            f"error: {args.model_repository} is a gpu-target repository: its classifier needs the libtorch "
-            "backend of NVIDIA's Triton container (docker/), which the pip tritonserver lacks; export "
-            "--target cpu, or --target gpu-python on a GPU machine",
-            file=sys.stderr,
-        )
-        return 2
     try:
+        backends_dir = _backends_dir(args)
         tls, auth = _security(args)
     except ValueError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
     try:
+        install = find_tritonserver(extra_backends=backends_dir) if backends_dir is not None else None
         return serve(
             args.model_repository,
             grpc_port=args.grpc_port,
@@ -301,16 +351,34 @@ def _serve(args: argparse.Namespace) -> int:
             tls=tls,
             auth=auth,
             http_host=args.http_host,
+            install=install,
         )
     except ServerError as error:  # not installed, or an environment the stub cannot use
         print(f"error: {error}", file=sys.stderr)
         return 2
 
 
+def _build_backend(args: argparse.Namespace) -> int:
+    from .libtorch_backend import BackendBuildError, build_backend
+    from .server import ServerError
+
+    def say(message: str) -> None:
+        print(message, file=sys.stderr, flush=True)
+
+    try:
+        build_backend(args.output, archive=args.sources, github=args.github, progress=say)
+    except (BackendBuildError, ServerError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    return 0
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     if args.command == "export":
         return _export(args)
+    if args.command == "build-backend":
+        return _build_backend(args)
     if args.command == "demo":
         from .demo import run_demo
 

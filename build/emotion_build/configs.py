@@ -21,6 +21,7 @@ from .description import (
     TARGETS,
     WAVEFORM,
     WAVEFORM_ENDS,
+    WAVEFORM_ITEMS,
     ModelDescription,
     Target,
     ensemble_parameters,
@@ -85,7 +86,8 @@ def preprocess_config(description: ModelDescription) -> mc.ModelConfig:
 
 
 def classifier_config(description: ModelDescription, target: Target) -> mc.ModelConfig:
-    """The same tensors and batching on both targets; only the runtime and the device differ."""
+    """The same tensors and batching on every target; the runtime and the device differ, and the libtorch
+    classifier also takes each batch item's length."""
     batching = description.batching
     config = mc.ModelConfig(name=CLASSIFIER_MODEL, max_batch_size=batching.max_batch_size)
     config.input.add(name=WAVEFORM, data_type=mc.TYPE_FP32, dims=[-1], allow_ragged_batch=True)
@@ -101,13 +103,22 @@ def classifier_config(description: ModelDescription, target: Target) -> mc.Model
         config.dynamic_batching.preferred_batch_size.append(batching.cut)
     _queue_policy(config, description)
     _warmup(config, description, WAVEFORM)
+    on_gpu = target != "cpu" and not batching.classifier_on_cpu
+    kind = mc.ModelInstanceGroup.KIND_GPU if on_gpu else mc.ModelInstanceGroup.KIND_CPU
     if target == "gpu":
         config.platform = "pytorch_libtorch"
-        config.instance_group.add(kind=mc.ModelInstanceGroup.KIND_GPU, count=batching.classifier_instances)
+        # Each batch item's length: the libtorch backend answers a request of n clips with n rows, which the
+        # accumulated count alone cannot tell apart from one clip (served_classifier.py).
+        config.batch_input.add(
+            kind=mc.BatchInput.BATCH_ITEM_SHAPE,
+            target_name=[WAVEFORM_ITEMS],
+            data_type=mc.TYPE_INT32,
+            source_input=[WAVEFORM],
+        )
+        config.instance_group.add(kind=kind, count=batching.classifier_instances)
         _parameters(config, {"INFERENCE_MODE": "true"})
     elif target in ("cpu", "gpu-python"):
         config.backend = "python"
-        kind = mc.ModelInstanceGroup.KIND_GPU if target == "gpu-python" else mc.ModelInstanceGroup.KIND_CPU
         config.instance_group.add(kind=kind, count=batching.classifier_instances)
         # The runner checks each clip on its own too: the classifier is reachable without the ensemble,
         # and one clip too short for the conv stack would otherwise fail everyone in its batch.

@@ -26,6 +26,7 @@ __all__ = [
     "TARGETS",
     "WAVEFORM",
     "WAVEFORM_ENDS",
+    "WAVEFORM_ITEMS",
     "BatchingSettings",
     "ModelDescription",
     "Provenance",
@@ -48,6 +49,8 @@ WAVEFORM = "waveform"
 """Classifier input: the normalised clip. Ragged: Triton concatenates a batch into one flat tensor."""
 WAVEFORM_ENDS = "waveform_ends"
 """Classifier batch input: accumulated sample counts, i.e. where each clip of the flat batch ends."""
+WAVEFORM_ITEMS = "waveform_items"
+"""libtorch classifier batch input: each batch item's sample count (a request may carry several clips)."""
 LOGITS_OUTPUT = "logits"
 PROBABILITIES_OUTPUT = "probabilities"
 EMBEDDING_OUTPUT = "embedding"
@@ -110,6 +113,9 @@ class BatchingSettings:
 
     Without it every batch faults its activations in afresh, 10-25 % of the model's time on
     CPU (docs/benchmarks.md); the price is up to this much idle memory held per instance. 0: off."""
+    classifier_on_cpu: bool = False
+    """GPU targets: the classifier's instances on the CPU (KIND_CPU), e.g. the production libtorch
+    classifier on a machine without a GPU, as the tests run it."""
 
     def __post_init__(self) -> None:
         if not self.max_padding_fraction >= 0:

@@ -38,6 +38,7 @@ from .precision import (
     run_gate,
 )
 from .repository import write_repository
+from .served_classifier import serve_form, strip_source_paths
 from .speech import VOICES, SpeechUnavailableError, synthesise
 from .triton_models.cpu_features import cpu_flags
 from .triton_models.waveform import FloatArray, normalise
@@ -137,7 +138,7 @@ def trace(
         traced: torch.jit.ScriptModule = torch.jit.trace(  # type: ignore[no-untyped-call]
             wrapper, (flat, ends), check_trace=False
         )
-        return traced
+        return serve_form(traced, loaded.model.config)
 
 
 def check_parity(
@@ -259,6 +260,7 @@ def _fp32_artifact(
     sample_rate = description.sample_rate
     say(f"tracing {loaded.source} to TorchScript (fp32 weights, {conv_form} convolutions, on cpu)")
     trace(loaded, sample_rate, conv_form=conv_form).save(str(artifact))
+    strip_source_paths(artifact)
     reloaded: torch.jit.ScriptModule = torch.jit.load(str(artifact))  # type: ignore[no-untyped-call]
     say(
         f"checking the saved TorchScript file against the eager model on {len(check_lengths)} lengths: "
@@ -311,6 +313,7 @@ def _reduced_artifact(
     conv_form = conv_form_for(target)
     say(f"tracing {loaded.source} to TorchScript ({precision} weights, {conv_form} convolutions, on {device})")
     trace(loaded, description.sample_rate, dtype=precision, device=device, conv_form=conv_form).save(str(artifact))
+    strip_source_paths(artifact)
     reloaded: torch.jit.ScriptModule = torch.jit.load(  # type: ignore[no-untyped-call]
         str(artifact), map_location=device
     )

@@ -12,6 +12,7 @@ from __future__ import annotations
 import atexit
 import contextlib
 import dataclasses
+import hashlib
 import http.client
 import importlib.metadata
 import importlib.util
@@ -37,6 +38,7 @@ from types import FrameType, TracebackType
 from typing import IO, TYPE_CHECKING
 
 from .description import CLASSIFIER_MODEL, PROVENANCE_FILE, Provenance
+from .libtorch_backend import HOW_TO_BUILD
 from .security import GrpcTLS, TokenAuth
 from .server_memory import GRPC_MEMORY_ARGS, find_jemalloc, memory_environment, stub_environment_file
 from .triton_models.cpu_features import cpu_flags, emulation_warning
@@ -184,7 +186,7 @@ class TritonInstall:
     """The wheel's response-cache plugins, so `--cache-config` in extra_args works."""
 
 
-def find_tritonserver(*, cache_dir: Path | None = None) -> TritonInstall:
+def find_tritonserver(*, cache_dir: Path | None = None, extra_backends: Path | None = None) -> TritonInstall:
     """Locate the wheel's tritonserver and prepare its backends under `cache_dir`.
 
     Raises TritonNotFoundError when the wheel, binary or stub is missing, StubEnvironmentError
@@ -194,6 +196,10 @@ def find_tritonserver(*, cache_dir: Path | None = None) -> TritonInstall:
     backends land in `<cache_dir>/tritonserver-<version>-py<major.minor>/backends`, keyed on the
     Python version because the stub embeds one libpython. Preparing is idempotent and safe when
     several processes race: each copies into a private directory and renames it into place.
+
+    `extra_backends` is a directory of more backends (`<name>/libtriton_<name>.so`, e.g. the libtorch
+    one that `python -m emotion_build build-backend` builds): Triton takes one backend directory, so
+    the server then gets a sibling of the prepared one that links the Python backend and those.
     """
     package_dir = _locate_pytriton()
     if package_dir is None:
@@ -225,6 +231,8 @@ def find_tritonserver(*, cache_dir: Path | None = None) -> TritonInstall:
         f"tritonserver-{version}-py{python_version}"
     )
     backends_dir = _prepare_backends(dist_dir / "backends", stub, root)
+    if extra_backends is not None:
+        backends_dir = _join_backends(backends_dir, extra_backends)
     library_path = [libs_dir]
     libdir = sysconfig.get_config_var("LIBDIR")
     if libdir:
@@ -840,6 +848,44 @@ def _backends_complete(target: Path, source: Path, stub: Path) -> bool:
         )
     except FileNotFoundError:
         return False
+
+
+def _join_backends(prepared: Path, extra: Path) -> Path:
+    """`backends-<digest of extra>` beside `prepared`: links to its python/ and to each backend in `extra`.
+
+    Made like the prepared copy (a private directory renamed into place), and rebuilt when the set of
+    backends in `extra` has changed."""
+    extra = extra.resolve()
+    found = extra.iterdir() if extra.is_dir() else iter(())
+    names = sorted(p.name for p in found if (p / f"libtriton_{p.name}.so").is_file())
+    if not names or "python" in names:
+        raise TritonNotFoundError(
+            f"{extra} holds no Triton backend besides python (<name>/libtriton_<name>.so); the libtorch one: "
+            f"{HOW_TO_BUILD}"
+        )
+    links = {"python": prepared / "python", **{name: extra / name for name in names}}
+    joined = prepared.with_name(f"backends-{hashlib.sha256(str(extra).encode()).hexdigest()[:16]}")
+
+    def complete() -> bool:
+        return {p.name: p.readlink() for p in joined.iterdir() if p.is_symlink()} == links if joined.is_dir() else False
+
+    if complete():
+        return joined
+    staging = Path(tempfile.mkdtemp(prefix=".staging-", dir=prepared.parent))
+    try:
+        fresh = staging / "backends"
+        fresh.mkdir()
+        for name, target in links.items():
+            (fresh / name).symlink_to(target)
+        with contextlib.suppress(FileNotFoundError):
+            os.rename(joined, staging / "stale")
+        with contextlib.suppress(OSError):  # another process may have put an equal one in place meanwhile
+            os.rename(fresh, joined)
+        if not complete():
+            raise ServerError(f"could not link tritonserver backends in {joined}; remove it and retry")
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return joined
 
 
 def _server_environment(install: TritonInstall, base: Mapping[str, str]) -> dict[str, str]:

@@ -21,7 +21,7 @@ import torch
 import triton_python_backend_utils as pb_utils  # provided by Triton's Python-backend stub
 from cpu_features import cpu_flags, emulation_warning  # copied beside this file
 from heap import keep_freed_memory, malloc_set_by_environment  # copied beside this file
-from ragged import concatenate, length_groups, merge_groups, split_rows  # copied beside this file
+from ragged import concatenate, length_groups, merge_groups, split_rows, unanswered_rows  # copied beside this file
 from shm_pages import release_pages  # copied beside this file
 from waveform import WaveformError, WaveformLimits, validate  # copied beside this file
 
@@ -143,8 +143,9 @@ class TritonPythonModel:
         except RuntimeError as error:
             message = f"classifier failed on a batch of {len(clips)}: {error}"
             return [pb_utils.InferenceResponse(error=pb_utils.TritonError(message)) for _ in clips]
-        rows = [split_rows(np.ascontiguousarray(output.numpy()), len(clips)) for output in outputs]
-        return [
+        arrays = [np.ascontiguousarray(output.numpy()) for output in outputs]
+        rows = [split_rows(array, len(clips)) for array in arrays]
+        responses = [
             pb_utils.InferenceResponse(
                 output_tensors=[
                     pb_utils.Tensor(name, per_output[i])
@@ -153,3 +154,13 @@ class TritonPythonModel:
             )
             for i in range(len(clips))
         ]
+        for i in unanswered_rows(arrays):  # every clip was validated: only float32 overflow is left
+            peak = float(np.abs(clips[i]).max())
+            message = (
+                f"the classifier has no answer for this clip: its samples (peak |sample| {peak:.4g}) overflow the "
+                "model's float32 arithmetic; send the audio to the ensemble, which normalises it"
+            )
+            responses[i] = pb_utils.InferenceResponse(
+                error=pb_utils.TritonError(message, pb_utils.TritonError.INVALID_ARG)
+            )
+        return responses

@@ -18,7 +18,7 @@ from collections.abc import Sequence
 import numpy as np
 import numpy.typing as npt
 
-__all__ = ["concatenate", "length_groups", "merge_groups", "split_rows"]
+__all__ = ["concatenate", "length_groups", "merge_groups", "split_rows", "unanswered_rows"]
 
 
 def concatenate(clips: Sequence[npt.NDArray[np.float32]]) -> tuple[npt.NDArray[np.float32], npt.NDArray[np.int32]]:
@@ -79,3 +79,14 @@ def merge_groups(
             rows[list(group)] = group_outputs[k]
         merged.append(rows)
     return merged
+
+
+def unanswered_rows(outputs: Sequence[npt.NDArray[np.generic]]) -> list[int]:
+    """The rows the served module answered with all zeros, its answer for a clip it could not compute
+    (served_classifier.py): a classified clip's probabilities sum to 1, so no real answer is all zeros."""
+    if not outputs:
+        raise ValueError("need the module's outputs")
+    zero = np.ones(outputs[0].shape[0], dtype=bool)
+    for output in outputs:
+        zero &= ~np.asarray(output).reshape(output.shape[0], -1).any(axis=1)
+    return [int(row) for row in np.flatnonzero(zero)]
