@@ -41,7 +41,8 @@ from emotion_build.description import (
 from emotion_build.export import describe, export
 from emotion_build.libtorch_backend import check_backend, default_backends_dir
 from emotion_build.loading import LoadedModel, load_pretrained, random_model
-from emotion_build.server import TritonServer, find_tritonserver
+from emotion_build.server import TritonServer
+from emotion_build.triton_install import find_tritonserver
 from emotion_build.triton_models.waveform import FloatArray
 
 RUNTIMES: dict[str, Target] = {"python": "cpu", "libtorch": "gpu"}

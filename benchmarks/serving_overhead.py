@@ -50,7 +50,8 @@ from emotion_build.description import AUDIO_INPUT, ENSEMBLE_MODEL, BatchingSetti
 from emotion_build.export import describe, export
 from emotion_build.libtorch_backend import check_backend, default_backends_dir
 from emotion_build.loading import random_model
-from emotion_build.server import TritonInstall, TritonServer, find_tritonserver
+from emotion_build.server import TritonServer
+from emotion_build.triton_install import TritonInstall, find_tritonserver
 
 ROLES = ("server", "preprocess", "classifier runner", "perf_analyzer")
 RUNTIMES: dict[str, Target] = {"python": "cpu", "libtorch": "gpu"}

@@ -12,7 +12,8 @@ import pytest
 from repositories import export_cpu_repository, export_repository
 from triton_probes import RUNTIMES
 
-from emotion_build.server import TritonServer, find_tritonserver
+from emotion_build.server import TritonServer
+from emotion_build.triton_install import find_tritonserver
 from emotion_client import EmotionClient
 
 REPO_ROOT = Path(__file__).resolve().parents[1]

@@ -19,7 +19,8 @@ import soundfile
 import tritonclient.grpc as grpcclient
 from tritonclient.utils import InferenceServerException
 
-from emotion_build.server import TritonServer, free_port
+from emotion_build.endpoints import free_port
+from emotion_build.server import TritonServer
 from emotion_client import (
     Classification,
     EmotionClient,

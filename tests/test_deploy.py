@@ -46,7 +46,8 @@ from emotion_build.description import (
     BatchingSettings,
 )
 from emotion_build.repository import MODEL_SOURCES
-from emotion_build.server import TritonServer, find_tritonserver
+from emotion_build.server import TritonServer
+from emotion_build.triton_install import find_tritonserver
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 DOCKER = REPO_ROOT / "docker"

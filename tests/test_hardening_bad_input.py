@@ -41,7 +41,8 @@ from triton_probes import (
 )
 
 from emotion_build.description import CLASSIFIER_OUTPUTS
-from emotion_build.server import StubProcess, TritonServer
+from emotion_build.server import TritonServer
+from emotion_build.server_processes import StubProcess
 from emotion_build.triton_models.waveform import normalise
 
 INVALID = "StatusCode.INVALID_ARGUMENT"

@@ -25,7 +25,9 @@ import pytest
 from triton_probes import ServeProcess, clip, format_table, group_stubs, infer, raw_client, report
 from tritonclient.utils import InferenceServerException
 
-from emotion_build.server import STUB_DIED_STATUS, TritonServer, free_port
+from emotion_build.endpoints import free_port
+from emotion_build.serve import STUB_DIED_STATUS
+from emotion_build.server import TritonServer
 from emotion_client import EmotionClient, EmotionClientError, ServerError, ServerUnavailableError
 
 TIMEOUT_S = 5.0

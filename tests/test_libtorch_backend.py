@@ -20,6 +20,7 @@ from triton_probes import ServeProcess, classifier_runtime, clip, model_counts, 
 
 from emotion_build.cli import main as cli_main
 from emotion_build.description import CLASSIFIER_OUTPUTS, BatchingSettings
+from emotion_build.endpoints import free_port
 from emotion_build.libtorch_backend import (
     BUILD_INFO,
     RELEASE,
@@ -28,7 +29,9 @@ from emotion_build.libtorch_backend import (
     check_backend,
     fetch_sources,
 )
-from emotion_build.server import TritonNotFoundError, TritonServer, find_tritonserver, free_port
+from emotion_build.server import TritonServer
+from emotion_build.server_errors import TritonNotFoundError
+from emotion_build.triton_install import find_tritonserver
 from emotion_build.triton_models.waveform import normalise
 
 

@@ -28,19 +28,13 @@ import numpy as np
 import pytest
 import tritonclient.grpc as grpcclient
 
+from emotion_build import endpoints, triton_install
 from emotion_build import server as server_module
 from emotion_build.cli import main as cli_main
-from emotion_build.server import (
-    PYTRITON_REQUIREMENT,
-    Endpoints,
-    ServerStartError,
-    StubEnvironmentError,
-    TritonInstall,
-    TritonNotFoundError,
-    TritonServer,
-    find_tritonserver,
-    free_port,
-)
+from emotion_build.endpoints import Endpoints, free_port
+from emotion_build.server import TritonServer
+from emotion_build.server_errors import ServerStartError, StubEnvironmentError, TritonNotFoundError
+from emotion_build.triton_install import PYTRITON_REQUIREMENT, TritonInstall, find_tritonserver
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 BROKEN_TEXT = "deliberately broken by test_server_launcher"
@@ -213,7 +207,7 @@ def test_damaged_copy_is_replaced(tmp_path: Path) -> None:
 
 
 def test_missing_wheel_names_the_requirement(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(server_module, "_locate_pytriton", lambda: None)
+    monkeypatch.setattr(triton_install, "_locate_pytriton", lambda: None)
     with pytest.raises(TritonNotFoundError, match=re.escape(f"pip install {PYTRITON_REQUIREMENT}")):
         find_tritonserver()
 
@@ -293,13 +287,14 @@ def test_ready_timeout_stops_the_server(tmp_path: Path, install: TritonInstall) 
 def test_lost_port_race_is_retried(
     identity_repository: Path, install: TritonInstall, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    real_free_ports = server_module._free_ports
+    real_free_ports = endpoints.free_ports
     with socket.socket() as squatter:
         squatter.bind(("", 0))
         squatter.listen()
         taken = int(squatter.getsockname()[1])
         picks = iter([(taken, *real_free_ports(2))])
-        monkeypatch.setattr(server_module, "_free_ports", lambda count: next(picks, None) or real_free_ports(count))
+        # server.py's own name for it: the launcher picks its ports through that one
+        monkeypatch.setattr(server_module, "free_ports", lambda count: next(picks, None) or real_free_ports(count))
         with TritonServer(identity_repository, install=install) as server:
             assert server.endpoints.grpc_port != taken
             assert server.ready_models() == ("identity",)
@@ -312,7 +307,7 @@ def _serve_process(
     code = textwrap.dedent("""\
         import sys
         from pathlib import Path
-        from emotion_build.server import serve
+        from emotion_build.serve import serve
         grpc, http, metrics = map(int, sys.argv[2:5])
         sys.exit(serve(Path(sys.argv[1]), grpc_port=grpc, http_port=http, metrics_port=metrics))
     """)
@@ -394,7 +389,8 @@ def test_server_dies_with_its_parent(identity_repository: Path, install: TritonI
     code = textwrap.dedent(f"""\
         import sys, time
         from pathlib import Path
-        from emotion_build.server import TritonServer, find_tritonserver
+        from emotion_build.server import TritonServer
+        from emotion_build.triton_install import find_tritonserver
         server = TritonServer(Path({str(identity_repository)!r}),
                               install=find_tritonserver(cache_dir=Path({str(install.backends_dir.parents[1])!r})))
         server.start()

@@ -19,7 +19,7 @@ from tritonclient.utils import InferenceServerException
 from emotion_build.description import BatchingSettings, Provenance, Target
 from emotion_build.export import describe, export
 from emotion_build.loading import LoadedModel, load_pretrained, random_model
-from emotion_build.server import ServerError
+from emotion_build.server_errors import ServerError
 from emotion_build.triton_models.heap import keep_freed_memory
 
 from .arithmetic import Arithmetic, clip_flops, measure_peaks

@@ -324,7 +324,9 @@ def _backends_dir(args: argparse.Namespace) -> Path | None:
 
 
 def _serve(args: argparse.Namespace) -> int:
-    from .server import ServerError, find_tritonserver, serve
+    from .serve import serve
+    from .server_errors import ServerError
+    from .triton_install import find_tritonserver
 
     if not (args.model_repository / "emotion" / "config.pbtxt").is_file():
         print(
@@ -360,7 +362,7 @@ def _serve(args: argparse.Namespace) -> int:
 
 def _build_backend(args: argparse.Namespace) -> int:
     from .libtorch_backend import BackendBuildError, build_backend
-    from .server import ServerError
+    from .server_errors import ServerError
 
     def say(message: str) -> None:
         print(message, file=sys.stderr, flush=True)

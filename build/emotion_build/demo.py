@@ -45,7 +45,8 @@ def run_demo(repository: Path, samples: Path, *, model: str = DEFAULT_MODEL, reb
     from .cli import UNTRAINED_BANNER
     from .description import BatchingSettings
     from .export import describe, export
-    from .server import ServerError, TritonServer
+    from .server import TritonServer
+    from .server_errors import ServerError
 
     files = sorted(p for p in samples.iterdir() if p.suffix.lower() in AUDIO_SUFFIXES) if samples.is_dir() else []
     if not files:

@@ -239,7 +239,7 @@ def _openmp_library(torch_cpu: Path) -> str:
 
 def _wheel_core_library() -> str:
     """The name the pip wheel gave libtritonserver.so, as its own Python backend links it."""
-    from .server import find_tritonserver
+    from .triton_install import find_tritonserver
 
     python_backend = find_tritonserver().backends_dir / "python" / "libtriton_python.so"
     needed = _run(["patchelf", "--print-needed", str(python_backend)], what="patchelf").stdout.split()
