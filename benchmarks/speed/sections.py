@@ -8,12 +8,14 @@ REPO_ROOT = Path(__file__).resolve().parents[2]
 MARKERS = {
     "throughput": ("<!-- throughput:begin -->", "<!-- throughput:end -->"),
     "tune": ("<!-- tune:begin -->", "<!-- tune:end -->"),
-    "fp16": ("<!-- fp16:begin -->", "<!-- fp16:end -->"),
+    "precision": ("<!-- precision:begin -->", "<!-- precision:end -->"),
+    "variants": ("<!-- variants:begin -->", "<!-- variants:end -->"),
+    "overhead": ("<!-- overhead:begin -->", "<!-- overhead:end -->"),
     "throughput-gpu": ("<!-- throughput-gpu:begin -->", "<!-- throughput-gpu:end -->"),
-    "fp16-gpu": ("<!-- fp16-gpu:begin -->", "<!-- fp16-gpu:end -->"),
+    "precision-gpu": ("<!-- precision-gpu:begin -->", "<!-- precision-gpu:end -->"),
+    "variants-gpu": ("<!-- variants-gpu:begin -->", "<!-- variants-gpu:end -->"),
     "jit": ("<!-- jit:begin -->", "<!-- jit:end -->"),
     "jit-gpu": ("<!-- jit-gpu:begin -->", "<!-- jit-gpu:end -->"),
-    "overhead": ("<!-- overhead:begin -->", "<!-- overhead:end -->"),
 }
 
 

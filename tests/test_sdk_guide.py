@@ -1,6 +1,7 @@
-"""The README's "Python SDK" section runs as written: every python block against a real tritonserver
-(the TLS one against a mutual-TLS server on generated certificates), every `emotion-client` line of
-its shell block through the installed command, and the defaults it quotes match the code."""
+"""The SDK guide runs as written: every python block of docs/sdk.md and of README's "Call it" section
+against a real tritonserver (the TLS one against a mutual-TLS server on generated certificates), every
+`emotion-client` line of their shell blocks through the installed command, and the defaults the guide
+quotes match the code."""
 
 from __future__ import annotations
 
@@ -21,21 +22,31 @@ from emotion_client import _defaults as defaults
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 README_URL = "localhost:8001"
+README_SECTION = "## Call it"
 
 
-def sdk_section() -> str:
+def sdk_guide() -> str:
+    return (REPO_ROOT / "docs" / "sdk.md").read_text(encoding="utf-8")
+
+
+def readme_section() -> str:
     text = (REPO_ROOT / "README.md").read_text(encoding="utf-8")
-    start = text.index("\n## Python SDK\n")
+    start = text.index(f"\n{README_SECTION}")
     end = text.find("\n## ", start + 1)
     return text[start : end if end != -1 else len(text)]
 
 
 def blocks(language: str) -> list[str]:
-    return re.findall(rf"^```{language}\n(.*?)^```$", sdk_section(), flags=re.DOTALL | re.MULTILINE)
+    return [
+        block
+        for text in (readme_section(), sdk_guide())
+        for block in re.findall(rf"^```{language}\n(.*?)^```$", text, flags=re.DOTALL | re.MULTILINE)
+    ]
 
 
 PYTHON_BLOCKS = blocks("python")
 EXPECTED_OUTPUT = {
+    "for path in sorted": "samples/greeting.wav ",
     "wait_until_ready": "('neu', 'hap', 'ang', 'sad')",
     "top_k=2": "['",
     "classify_many(paths": "failed: audio file not found: 'samples/missing.wav'",
@@ -43,6 +54,7 @@ EXPECTED_OUTPUT = {
     "RetryPolicy": "fix the input: audio file not found",
     "headers=": " True True None",
     "TLSConfig": "",
+    "client.embed": "float32 (",
 }
 """A phrase that picks out each block, and something its output must contain."""
 
@@ -64,7 +76,7 @@ def mtls_server(tiny_repository: Path, pki: Pki) -> Iterator[TritonServer]:
         yield server
 
 
-def test_the_section_has_the_examples_this_test_knows() -> None:
+def test_the_guide_has_the_examples_this_test_knows() -> None:
     assert len(PYTHON_BLOCKS) == len(EXPECTED_OUTPUT)
     for phrase in EXPECTED_OUTPUT:
         assert sum(phrase in block for block in PYTHON_BLOCKS) == 1, phrase
@@ -88,7 +100,7 @@ def test_python_example_runs(
     monkeypatch.chdir(REPO_ROOT)  # the examples use samples/
     output = io.StringIO()
     with contextlib.redirect_stdout(output):
-        exec(compile(code, f"README.md python block {index + 1}", "exec"), {"__name__": "__readme__"})
+        exec(compile(code, f"SDK guide python block {index + 1}", "exec"), {"__name__": "__readme__"})
     printed = output.getvalue()
     print(printed)
     assert printed.strip(), "every example prints something"
@@ -116,7 +128,7 @@ def test_cli_examples_run(triton: TritonServer) -> None:
 
 
 def test_quoted_defaults_match_the_code() -> None:
-    section = sdk_section()
+    section = sdk_guide()
     assert f"default {defaults.DEFAULT_MAX_RETRIES} retries" in section
     times = "\N{MULTIPLICATION SIGN}"
     assert (
