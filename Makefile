@@ -53,7 +53,7 @@ repository: setup  ## the GPU repository for NVIDIA's container (set MODEL=dir o
 serve: setup
 	$(BIN)/python -m emotion_build serve --model-repository $(REPOSITORY)
 
-bench: setup  ## HF pipeline vs in-process TorchScript vs served ensemble -> docs/benchmarks.md + .png (~40 min)
+bench: setup  ## HF pipeline vs in-process TorchScript vs served ensemble -> docs/benchmarks.md + .png (~30 min)
 	$(BIN)/python benchmarks/throughput.py $(BENCH_ARGS)
 
 bench-quick: setup  ## the same with short windows and fewer points (~14 min)

@@ -19,7 +19,7 @@ the same clip served.
 It writes the tables into docs/benchmarks.md (between its `throughput` markers) and a plot of
 throughput and p99 latency against concurrency to docs/benchmarks.png.
 
-    make bench                                       # the full run (about 40 min on 2 CPU cores)
+    make bench                                       # the full run (about 30 min on 2 CPU cores)
     python benchmarks/throughput.py --quick          # about 14 min: fewer points, shorter windows
     python benchmarks/throughput.py --tune           # dynamic-batching settings, one server each
     # a GPU machine: the pip tritonserver serves a gpu-python export (fp16) it makes itself

@@ -22,6 +22,15 @@ class Pki:
     client_cert: Path
     client_key: Path
 
+    def mutual_tls_args(self) -> list[str]:
+        """tritonserver's flags for gRPC that accepts only clients with a certificate from this CA."""
+        return [
+            "--grpc-use-ssl-mutual=true",
+            f"--grpc-server-cert={self.server_cert}",
+            f"--grpc-server-key={self.server_key}",
+            f"--grpc-root-cert={self.ca}",
+        ]
+
 
 def _name(common_name: str) -> x509.Name:
     return x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, common_name)])

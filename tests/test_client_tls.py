@@ -52,13 +52,7 @@ def tls_server(tiny_repository: Path, pki: Pki) -> Iterator[TritonServer]:
 
 @pytest.fixture(scope="module")
 def mtls_server(tiny_repository: Path, pki: Pki) -> Iterator[TritonServer]:
-    args = [
-        "--grpc-use-ssl-mutual=true",
-        f"--grpc-server-cert={pki.server_cert}",
-        f"--grpc-server-key={pki.server_key}",
-        f"--grpc-root-cert={pki.ca}",
-    ]
-    with TritonServer(tiny_repository, extra_args=args) as server:
+    with TritonServer(tiny_repository, extra_args=pki.mutual_tls_args()) as server:
         yield server
 
 

@@ -66,13 +66,7 @@ def pki(tmp_path_factory: pytest.TempPathFactory) -> Pki:
 
 @pytest.fixture(scope="module")
 def mtls_server(tiny_repository: Path, pki: Pki) -> Iterator[TritonServer]:
-    args = [
-        "--grpc-use-ssl-mutual=true",
-        f"--grpc-server-cert={pki.server_cert}",
-        f"--grpc-server-key={pki.server_key}",
-        f"--grpc-root-cert={pki.ca}",
-    ]
-    with TritonServer(tiny_repository, extra_args=args) as server:
+    with TritonServer(tiny_repository, extra_args=pki.mutual_tls_args()) as server:
         yield server
 
 
