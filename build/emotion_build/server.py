@@ -3,7 +3,8 @@ group, wait for real readiness, stop it, and guarantee that neither the server n
 outlive us.
 
 What it runs comes from triton_install.py (the wheel's binary, prepared backends, environment),
-what watches its processes from server_processes.py, where it answers from endpoints.py.
+what watches its processes from server_processes.py, where it answers from endpoints.py, what
+its log says when it fails to start from server_log.py.
 """
 
 from __future__ import annotations
@@ -13,15 +14,12 @@ import contextlib
 import json
 import logging
 import os
-import re
 import signal
 import subprocess
 import sys
-import tempfile
 import threading
 import time
 import urllib.request
-from collections import deque
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from types import TracebackType
@@ -30,6 +28,7 @@ from typing import IO, TYPE_CHECKING
 from .endpoints import HTTP_PROBE_TIMEOUT_S, NO_PROXY_OPENER, Endpoints, answers_200, connect_host, free_ports
 from .security import GrpcTLS, TokenAuth
 from .server_errors import ServerStartError
+from .server_log import start_failure, temporary_log
 from .server_memory import GRPC_MEMORY_ARGS, find_jemalloc, memory_environment, stub_environment_file
 from .server_processes import StubProcess, python_stubs, remove_shared_memory, sweep_process_group
 from .triton_install import TritonInstall, find_tritonserver, server_environment
@@ -41,13 +40,6 @@ __all__ = ["TritonServer", "in_main_thread"]
 
 _LOGGER = logging.getLogger(__name__)
 
-_LOG_TAIL_LINES = 40
-_ERROR_LINES = 20
-_ERROR_LINE_CHARS = 1000
-_ERROR_LINE = re.compile(r"^E\d{4} |^error: ")
-"""Triton's glog error prefix (E + month + day) and its final fatal message."""
-_BENIGN_ERRORS = ("CudaDriverHelper has not been initialized",)
-"""Logged on every CPU-only host; it would crowd out the error that explains a failed start."""
 _READY_POLL_INTERVAL_S = 0.1
 _SERVER_EXIT_TIMEOUT_S = 20
 """tritonserver's own wait for in-flight requests; below stop()'s default so we rarely SIGKILL."""
@@ -208,7 +200,7 @@ class TritonServer:
         deadline = time.monotonic() + ready_timeout_s
         for attempt in range(1, attempts + 1):
             if self._owns_log or (self._log_path is None and not self._log_to_stderr):
-                self._log_path, self._owns_log = _temporary_log(), True
+                self._log_path, self._owns_log = temporary_log(), True
                 self._saved_log = None
             self._launch(install)
             try:
@@ -374,20 +366,8 @@ class TritonServer:
             return ServerStartError(
                 f"{headline}; its output is above on stderr", exit_code=self._exit_code, log_tail=""
             )
-        all_lines = self.log_text().splitlines()
-        tail_lines = deque(all_lines, maxlen=_LOG_TAIL_LINES)
-        tail = "\n".join(tail_lines)
-        # Status tables can push the one line that matters out of the tail, so errors come first.
-        errors = [
-            line[:_ERROR_LINE_CHARS]
-            for line in all_lines
-            if _ERROR_LINE.match(line) and not any(noise in line for noise in _BENIGN_ERRORS)
-        ][-_ERROR_LINES:]
-        parts = [headline + "."]
-        if errors:
-            parts += ["Errors it logged:", *errors]
-        parts += [f"Last {len(tail_lines)} lines of its log:", tail]
-        return ServerStartError("\n".join(parts), exit_code=self._exit_code, log_tail=tail)
+        message, tail = start_failure(headline, self.log_text())
+        return ServerStartError(message, exit_code=self._exit_code, log_tail=tail)
 
     def _shutdown(self, process: subprocess.Popen[bytes], signum: int, timeout_s: float) -> int:
         if process.poll() is None:
@@ -419,12 +399,6 @@ class TritonServer:
         if exit_code != 0:
             _LOGGER.info("tritonserver (pid %d) exited with status %d", process.pid, exit_code)
         return exit_code
-
-
-def _temporary_log() -> Path:
-    handle, name = tempfile.mkstemp(prefix="tritonserver-", suffix=".log")
-    os.close(handle)
-    return Path(name)
 
 
 def _has_fileno(stream: IO[str]) -> bool:
