@@ -138,6 +138,8 @@ def trace(
     ends = torch.tensor(lengths, dtype=torch.int32).cumsum(0).to(torch.int32).to(device)
     with warnings.catch_warnings(), torch.inference_mode(False), torch.no_grad():
         warnings.simplefilter("ignore", torch.jit.TracerWarning)  # type: ignore[attr-defined]
+        # WavLM's attention hands torch a bool key-padding mask beside its float position bias, as it does in HF.
+        warnings.filterwarnings("ignore", message="Support for mismatched key_padding_mask", category=UserWarning)
         traced: torch.jit.ScriptModule = torch.jit.trace(  # type: ignore[no-untyped-call]
             wrapper, (flat, ends), check_trace=False
         )
