@@ -24,9 +24,10 @@ from speech import espeak_clip
 from transformers import AutoModelForAudioClassification, Wav2Vec2FeatureExtractor
 from triton_probes import counts_after, infer, settled_counts
 
-from emotion_build.description import BatchingSettings, Provenance
-from emotion_build.export import PARITY_TOLERANCE, check_parity, describe, trace
+from emotion_build.description import BatchingSettings, Provenance, Target
+from emotion_build.export import PARITY_TOLERANCE, check_parity, describe, export, trace
 from emotion_build.loading import load_pretrained
+from emotion_build.precision import Precision
 from emotion_build.server import TritonServer
 from emotion_client import EmotionClient
 
@@ -133,3 +134,27 @@ def test_answers_do_not_move_when_batched_through_the_server(
     assert average >= 2, f"only {average:.2f} requests per classifier execution"
     assert drift <= 1e-5
     assert np.abs(alone - alone[0]).max() > 1e-3  # the model really tells clips apart
+
+
+def test_reduced_precision_gates_pass_on_speech(
+    variant_dir: tuple[str, Path], speech: list[npt.NDArray[np.float32]], tmp_path: Path
+) -> None:
+    """bf16 for the cpu target and fp16 for the gpu one (traced here on the CPU), each through the gate on speech."""
+    name, directory = variant_dir
+    loaded = load_pretrained(str(directory))
+    description = describe(loaded, batching=BatchingSettings(), min_duration_s=0.1, max_duration_s=30)
+    cases: tuple[tuple[Target, Precision], ...] = (("cpu", "bf16"), ("gpu", "fp16"))
+    for target, dtype in cases:
+        result = export(
+            loaded,
+            tmp_path / dtype,
+            target,
+            description,
+            dtype=dtype,
+            gate_speech=(speech, "three espeak-ng clips"),
+            progress=lambda _: None,
+        )
+        gate = result.provenance.gate
+        assert gate is not None and gate["passed"] is True and gate["clips"] == len(speech)
+        print(f"{name} {dtype}: max |Δprob| {result.provenance.max_abs_prob_diff:.2e} against eager fp32")
+        assert result.provenance.dtype == {"bf16": "bfloat16", "fp16": "float16"}[dtype]
