@@ -26,7 +26,8 @@ from triton_probes import counts_after, infer, settled_counts
 
 from emotion_build.description import BatchingSettings, Provenance, Target
 from emotion_build.export import PARITY_TOLERANCE, check_parity, describe, export, trace
-from emotion_build.loading import load_pretrained
+from emotion_build.families import FAMILIES, random_config
+from emotion_build.loading import load_pretrained, random_model
 from emotion_build.precision import Precision
 from emotion_build.server import TritonServer
 from emotion_client import EmotionClient
@@ -158,3 +159,14 @@ def test_reduced_precision_gates_pass_on_speech(
         assert gate is not None and gate["passed"] is True and gate["clips"] == len(speech)
         print(f"{name} {dtype}: max |Δprob| {result.provenance.max_abs_prob_diff:.2e} against eager fp32")
         assert result.provenance.dtype == {"bf16": "bfloat16", "fp16": "float16"}[dtype]
+
+
+def test_random_init_builds_each_family_and_large_is_the_published_stable_layout() -> None:
+    for name, family in FAMILIES.items():
+        assert type(random_model("tiny", family=name).model).__name__ == family.class_name
+        large = random_config(name, "large", labels=("a", "b"))
+        assert (large.hidden_size, large.num_hidden_layers, large.num_attention_heads) == (1024, 24, 16)
+        assert bool(getattr(large, "do_stable_layer_norm", False)) == family.has_stable_layout
+        base = random_config(name, "base", labels=("a", "b"))
+        assert (base.hidden_size, base.num_hidden_layers) == (768, 12)
+        assert not getattr(base, "do_stable_layer_norm", False)

@@ -186,7 +186,7 @@ def random_config(
     stable-layer-norm models. data2vec-audio's positional conv is a stack of layers of kernel 19
     (`num_conv_pos_embeddings` counts layers there), which the tiny twin keeps at three."""
     family = FAMILIES[name]
-    layout = layout or ("stable" if size == "large" else "base")
+    layout = layout or ("stable" if size == "large" and family.has_stable_layout else "base")
     if layout == "stable" and not family.has_stable_layout:
         raise ValueError(f"{name} has no stable-layer-norm layout")
     settings: dict[str, Any] = {
