@@ -19,7 +19,7 @@ import soxr
 import torch
 from conftest import TEST_BATCHING
 from families import VARIANTS, Variant, save_checkpoint
-from repositories import export_cpu_repository
+from repositories import export_cpu_repository, export_repository
 from speech import espeak_clip
 from transformers import AutoModelForAudioClassification, Wav2Vec2FeatureExtractor
 from triton_probes import counts_after, infer, settled_counts
@@ -30,6 +30,7 @@ from emotion_build.families import FAMILIES, random_config
 from emotion_build.loading import load_pretrained, random_model
 from emotion_build.precision import Precision
 from emotion_build.server import TritonServer
+from emotion_build.triton_install import find_tritonserver
 from emotion_client import EmotionClient
 
 RATE = 16000
@@ -92,16 +93,14 @@ def test_export_loads_the_class_the_config_names_and_checks_parity_in_the_gpu_co
     assert not report.non_finite
 
 
-def test_served_speech_matches_eager_hf(
-    variant_dir: tuple[str, Path], variant_server: TritonServer, speech: list[npt.NDArray[np.float32]]
-) -> None:
-    name, directory = variant_dir
+def served_drift(directory: Path, server: TritonServer, speech: list[npt.NDArray[np.float32]]) -> float:
+    """Largest |Δprobability| of the SDK's answers against eager HF on `speech`; the labels and top class must agree."""
     model = AutoModelForAudioClassification.from_pretrained(directory).eval()
     extractor = Wav2Vec2FeatureExtractor.from_pretrained(directory)
-    with EmotionClient(variant_server.endpoints.grpc_url, timeout_s=60) as client:
+    with EmotionClient(server.endpoints.grpc_url, timeout_s=60) as client:
         info = client.model_info()
         results = [client.classify(clip, sample_rate=RATE) for clip in speech]
-    assert info.labels == VARIANTS[name].labels
+    assert info.labels == tuple(model.config.id2label[i] for i in range(model.config.num_labels))
     worst = 0.0
     for clip, result in zip(speech, results, strict=True):
         inputs = extractor(clip, sampling_rate=RATE, return_tensors="pt")
@@ -111,7 +110,32 @@ def test_served_speech_matches_eager_hf(
         got = np.array([by_label[label] for label in info.labels])
         worst = max(worst, float(np.abs(got - expected).max()))
         assert result.label == info.labels[int(expected.argmax())]
+    return worst
+
+
+def test_served_speech_matches_eager_hf(
+    variant_dir: tuple[str, Path], variant_server: TritonServer, speech: list[npt.NDArray[np.float32]]
+) -> None:
+    name, directory = variant_dir
+    worst = served_drift(directory, variant_server, speech)
     print(f"{name}: served vs eager HF on {len(speech)} espeak-ng clips, max |Δprob| {worst:.2e}")
+    assert worst <= 1e-4
+
+
+def test_the_production_libtorch_classifier_matches_eager_hf(
+    variant_dir: tuple[str, Path],
+    speech: list[npt.NDArray[np.float32]],
+    libtorch_backends: Path,
+    tmp_path: Path,
+) -> None:
+    """The gpu target's repository (matrix-product convs, Triton's libtorch backend) on this CPU."""
+    name, directory = variant_dir
+    if name not in BATCHED_VARIANTS:
+        return  # the same TorchScript as the Python runner's; these two cover its new operations
+    repository = export_repository(directory, tmp_path / "repo", "gpu", "--classifier-on-cpu", *TEST_BATCHING)
+    with TritonServer(repository, install=find_tritonserver(extra_backends=libtorch_backends)) as server:
+        worst = served_drift(directory, server, speech)
+    print(f"{name}: libtorch classifier vs eager HF, max |Δprob| {worst:.2e}")
     assert worst <= 1e-4
 
 
