@@ -130,9 +130,9 @@ class PaddedForExport(RaggedEmotionClassifier):
         positions = torch.arange(hidden.shape[-1], device=hidden.device)
         return self.classify(hidden.transpose(1, 2), positions.unsqueeze(0) < frames.unsqueeze(1))
 
-    def _positional(self, hidden: Tensor) -> Tensor:
+    def _positional(self, hidden: Tensor, keep: Tensor) -> Tensor:
         if not self.matmul_convs:
-            return super()._positional(hidden)
+            return super()._positional(hidden, keep)
         weight: Any = self.positional_weight
         groups, span, _ = weight.shape
         kernel = span // (hidden.shape[2] // groups)

@@ -20,7 +20,8 @@ __all__ = ["Arithmetic", "MatmulPeak", "clip_flops", "measure_peaks"]
 
 
 def clip_flops(config: Any, samples: int) -> float:
-    """Multiply-adds x 2 of one clip of `samples` through a wav2vec2-style classifier."""
+    """Multiply-adds x 2 of one clip of `samples` through a wav2vec2-style classifier (any family in
+    docs/families.md; WavLM's gated position bias is left out, a few per cent of a layer)."""
     macs = 0.0
     frames, channels = samples, 1
     for width, kernel, stride in zip(config.conv_dim, config.conv_kernel, config.conv_stride, strict=True):
@@ -30,7 +31,11 @@ def clip_flops(config: Any, samples: int) -> float:
     hidden = config.hidden_size
     macs += frames * channels * hidden  # feature projection
     groups = config.num_conv_pos_embedding_groups
-    macs += frames * hidden * (hidden // groups) * config.num_conv_pos_embeddings  # positional conv
+    stacked_kernel = getattr(config, "conv_pos_kernel_size", None)  # data2vec-audio: a stack of small convs
+    if stacked_kernel is None:
+        macs += frames * hidden * (hidden // groups) * config.num_conv_pos_embeddings  # positional conv
+    else:
+        macs += config.num_conv_pos_embeddings * frames * hidden * (hidden // groups) * stacked_kernel
     per_layer = 4 * hidden * hidden + 2 * hidden * config.intermediate_size  # q, k, v, out; feed-forward
     attention = 2 * frames * hidden  # scores and weighted sum, per frame
     macs += config.num_hidden_layers * frames * (per_layer + attention)

@@ -12,6 +12,8 @@ from pathlib import Path
 import torch
 from interleaved import MIN_PAIRS
 
+from emotion_build.families import FAMILY_NAMES
+
 from .plot import plot
 from .progress import log
 from .report import markdown
@@ -23,7 +25,15 @@ from .sections import REPO_ROOT, write_section
 def parse_args(argv: Sequence[str] | None, *, description: str | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=description, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", help="HF id or directory (default: random-init wav2vec2-base)")
-    parser.add_argument("--random-init", choices=("tiny", "base"), default="base", help="without --model")
+    parser.add_argument(
+        "--random-init",
+        choices=("tiny", "base", "large"),
+        default="base",
+        help="without --model (large: the stable-layer-norm layout of wav2vec2-large / XLSR-53)",
+    )
+    parser.add_argument(
+        "--family", choices=FAMILY_NAMES, default="wav2vec2", help="architecture of --random-init (docs/families.md)"
+    )
     parser.add_argument(
         "--quick", action="store_true", help="short windows and fewer points (about 14 min on 2 CPU cores)"
     )

@@ -71,7 +71,7 @@ def prepared(args: argparse.Namespace) -> Iterator[Bench]:
     # The in-process module runs with malloc as the cpu runner sets it up; the HF pipeline gets a
     # process of its own with the defaults (HFProcess).
     kept_mib = settings.keep_freed_memory_mb if keep_freed_memory(settings.keep_freed_memory_mb * 2**20) else 0
-    loaded = load_pretrained(args.model) if args.model else random_model(args.random_init)
+    loaded = load_pretrained(args.model) if args.model else random_model(args.random_init, family=args.family)
     workloads, kind = make_workloads(args.workloads, clips_per_length=4 if args.quick else 8, mixed_count=16)
     log(f"model {loaded.source}; clips: {kind}; workloads: {', '.join(w.name for w in workloads)}")
     with tempfile.TemporaryDirectory(prefix="emotion-bench-") as scratch:

@@ -1,12 +1,20 @@
 """The module that gets traced: a ragged batch of waveforms in; per-clip logits, probabilities and
-pooled embedding out.
+pooled embedding out, for every family in families.py (wav2vec2, HuBERT, WavLM, data2vec-audio).
 
 Triton's ragged batching hands the classifier every clip of a batch concatenated into one flat
-tensor plus the accumulated sample counts (where each clip ends). wav2vec2-base's answer changes
-when a clip is zero-padded (the first conv layer's group norm spans time, attention and mean
-pooling see the padding), so this forward re-pads internally and masks every place where time is
-mixed: group-norm statistics over each clip's own samples, the attention mask in the encoder, and
-masked mean pooling. A clip's result is therefore the same alone or next to any other clips.
+tensor plus the accumulated sample counts (where each clip ends). A zero-padded clip's answer
+changes wherever time is mixed, so this forward re-pads internally and masks each such place the
+way its encoder kind needs, against each clip alone as the reference:
+
+- group norm over time (the base models' first conv layer): statistics over each clip's own frames;
+- layer norm over channels (the stable-layer-norm / XLSR and data2vec-audio conv layers): a frame
+  is normalised alone, so nothing; later conv layers never carry the padded tail into a kept frame;
+- positional convolutions: padded frames are zeroed before every conv, as the conv's own zero
+  padding is when the clip is alone (HuBERT's batch norm and data2vec-audio's stack of normalised
+  layers would otherwise turn the padding into values that reach real frames);
+- attention: an additive mask, or for WavLM the key-padding mask its attention takes, with the
+  relative position bias built for the padded length (it depends only on key - query);
+- mean pooling over each clip's own frames.
 
 The interface is float32 whatever the weights are: a half-precision export (`--dtype fp16`) casts
 the waveform inside, keeps the group-norm statistics and the pooling in float32 (sums over up to
@@ -19,7 +27,9 @@ from typing import Literal
 
 import torch
 from torch import Tensor, nn
-from transformers import Wav2Vec2ForSequenceClassification
+
+from .families import AudioClassifier, backbone, family_of
+from .ragged_ops import clip_group_norm, grouped_conv_frames, pad_ragged, relative_positions, valid_mask
 
 __all__ = [
     "CONV_FORMS",
@@ -37,84 +47,6 @@ POSITIONAL_ROWS_PER_CHUNK = 8192
 """Frames whose windows are unfolded at once by the matmul positional conv: about 1.6 GB in fp16."""
 
 
-@torch.jit.script
-def pad_ragged(flat: Tensor, ends: Tensor) -> tuple[Tensor, Tensor]:
-    """Scripted (not traced) so the batch size and the longest clip stay dynamic in the export."""
-    flat = flat.reshape(-1)
-    ends = ends.reshape(-1).to(torch.long)
-    starts = torch.cat([torch.zeros(1, dtype=torch.long, device=ends.device), ends[:-1]])
-    lengths = ends - starts
-    max_len = int(lengths.max())
-    offsets = torch.arange(max_len, dtype=torch.long, device=flat.device)
-    valid = offsets.unsqueeze(0) < lengths.unsqueeze(1)
-    index = (starts.unsqueeze(1) + offsets.unsqueeze(0)).clamp(max=flat.numel() - 1)
-    padded = torch.where(valid, flat[index], torch.zeros((1, 1), dtype=flat.dtype, device=flat.device))
-    return padded, lengths
-
-
-@torch.jit.script
-def valid_mask(steps: Tensor, lengths: Tensor) -> Tensor:
-    """[batch, time] True where a step is inside its clip.
-
-    Scripted so the mask is made on the device of the data at run time: traced code would freeze
-    `device=cpu` into the file, and libtorch on a GPU instance would then mix CPU and CUDA tensors.
-    """
-    positions = torch.arange(steps.shape[-1], device=steps.device)
-    return positions.unsqueeze(0) < lengths.unsqueeze(1)
-
-
-@torch.jit.script
-def clip_group_norm(hidden: Tensor, valid_frames: Tensor, weight: Tensor, bias: Tensor, eps: float) -> Tensor:
-    """The first conv layer's group norm (one group per channel) over each clip's valid frames, in float32.
-
-    Every clip goes through the fused kernel Hugging Face runs, on its own frames: when all clips
-    fill the batch that is one call, otherwise one call per clip, the padded tail set to zero (the
-    later conv layers never carry it into a kept frame, but it must be finite: the frame mask
-    multiplies it). Each clip's output is then the very sum it would get alone. The masked sums
-    this replaced made about ten passes over the batch's largest tensor (512 channels x 3,200
-    frames per second of audio): 5x the time of the per-clip calls on ragged CPU batches
-    (docs/benchmarks.md, item 7). One host read of the lengths per batch; `pad_ragged` already
-    reads the longest. Scripted so the branch and the loop stay dynamic in the export.
-    """
-    wide = hidden.float()
-    wide_weight, wide_bias = weight.float(), bias.float()
-    channels = hidden.shape[1]
-    if bool((valid_frames == hidden.shape[-1]).all()):
-        fused: Tensor = torch.group_norm(wide, channels, wide_weight, wide_bias, eps)
-        return fused
-    normed = torch.empty_like(wide)
-    counts: list[int] = valid_frames.tolist()
-    for row, count in enumerate(counts):
-        normed[row, :, :count] = torch.group_norm(
-            wide[row : row + 1, :, :count], channels, wide_weight, wide_bias, eps
-        )[0]
-        normed[row, :, count:] = 0.0
-    return normed
-
-
-@torch.jit.script
-def grouped_conv_frames(hidden: Tensor, weight: Tensor, bias: Tensor, padding: int, rows_per_chunk: int) -> Tensor:
-    """The positional grouped convolution as batched matrix products, on [batch, time, channels].
-
-    `weight` is [groups, in_per_group * kernel, out_per_group]. Each frame's window is unfolded
-    and multiplied per group; the output keeps the first `time` frames, as Hugging Face's same-pad
-    layer does. Clips go a chunk at a time so the unfolded windows (kernel x the input) stay
-    bounded; scripted so the chunk loop stays dynamic in the export.
-    """
-    batch, steps, channels = hidden.shape[0], hidden.shape[1], hidden.shape[2]
-    groups, span, out_per_group = weight.shape[0], weight.shape[1], weight.shape[2]
-    kernel = span // (channels // groups)
-    padded = nn.functional.pad(hidden, [0, 0, padding, padding])
-    windows = padded.unfold(1, kernel, 1)[:, :steps]
-    clips_per_chunk = max(1, rows_per_chunk // max(steps, 1))
-    outputs: list[Tensor] = []
-    for start in range(0, batch, clips_per_chunk):
-        chunk = windows[start : start + clips_per_chunk].reshape(-1, groups, span).transpose(0, 1)
-        products = torch.baddbmm(bias.view(groups, 1, out_per_group), chunk, weight)
-        outputs.append(products.transpose(0, 1).reshape(-1, steps, groups * out_per_group))
-    return torch.cat(outputs)
-
-
 class RaggedEmotionClassifier(nn.Module):
     """Reuses the Hugging Face submodules and weights; only the time-mixing steps are re-written.
 
@@ -126,21 +58,23 @@ class RaggedEmotionClassifier(nn.Module):
     agree to rounding; on a CPU the native convolutions are faster and stay.
     """
 
-    def __init__(self, model: Wav2Vec2ForSequenceClassification, conv_form: ConvForm = "native") -> None:
+    def __init__(self, model: AudioClassifier, conv_form: ConvForm = "native") -> None:
         super().__init__()
         config = model.config
-        if config.feat_extract_norm not in ("group", "layer"):
-            raise ValueError(f"unsupported feat_extract_norm {config.feat_extract_norm!r}")
-        if config.do_stable_layer_norm:
-            raise ValueError("stable-layer-norm wav2vec2 variants are not supported by this export")
-        self.group_norm_first = config.feat_extract_norm == "group"
-        first_norm = model.wav2vec2.feature_extractor.conv_layers[0].layer_norm
-        if self.group_norm_first and first_norm.num_groups != first_norm.num_channels:  # type: ignore[union-attr]
+        family = family_of(model)
+        core = backbone(model)
+        self.conv_layers = core.feature_extractor.conv_layers
+        first_norm = getattr(self.conv_layers[0], "layer_norm", None)
+        self.group_norm_first = isinstance(first_norm, nn.GroupNorm)
+        if isinstance(first_norm, nn.GroupNorm) and first_norm.num_groups != first_norm.num_channels:
             raise ValueError("the first conv layer's group norm must have one group per channel")
-        self.conv_layers = model.wav2vec2.feature_extractor.conv_layers
         self.conv_geometry = [(int(k), int(s)) for k, s in zip(config.conv_kernel, config.conv_stride, strict=True)]
-        self.feature_projection = model.wav2vec2.feature_projection
-        self.encoder = model.wav2vec2.encoder
+        self.feature_projection = core.feature_projection
+        self.encoder = core.encoder
+        self.stable_layer_norm = bool(getattr(config, "do_stable_layer_norm", False))
+        """Pre-norm layers: the encoder's layer norm comes after the last layer, not before the first."""
+        self.relative_position_bias = family.relative_position_bias
+        self.stacked_positional_conv = family.stacked_positional_conv
         self.use_weighted_layer_sum = bool(config.use_weighted_layer_sum)
         self.layer_weights = model.layer_weights if self.use_weighted_layer_sum else None
         self.projector = model.projector
@@ -151,7 +85,7 @@ class RaggedEmotionClassifier(nn.Module):
         self.matmul_convs = conv_form == "matmul"
         if self.matmul_convs:
             self._register_matmul_weights()
-        else:
+        elif not self.stacked_positional_conv:
             # Hugging Face's positional conv recomputes its weight norm on every call (about 6 ms of
             # a 200 ms clip on one CPU thread); the weights are fixed, so it is computed once here.
             positional: nn.Conv1d = self.encoder.pos_conv_embed.conv
@@ -159,14 +93,17 @@ class RaggedEmotionClassifier(nn.Module):
 
     def _register_matmul_weights(self) -> None:
         """The two convolutions' weights in matrix-product layout, computed once (the positional
-        conv's weight norm included) and saved with the module."""
-        first: nn.Conv1d = self.conv_layers[0].conv  # type: ignore[assignment]
+        conv's weight norm included) and saved with the module. data2vec-audio's positional stack
+        (kernel 19) keeps its native convolutions."""
+        first: nn.Conv1d = self.conv_layers[0].conv
         if first.in_channels != 1:
             raise ValueError("the first conv layer must read one channel (raw audio)")
         self.register_buffer(
             "first_conv_weight", first.weight.detach().reshape(first.out_channels, -1).t().contiguous()
         )
         self.register_buffer("first_conv_bias", None if first.bias is None else first.bias.detach().clone())
+        if self.stacked_positional_conv:
+            return
         positional: nn.Conv1d = self.encoder.pos_conv_embed.conv
         weight = positional.weight.detach()
         outputs, per_group, kernel = weight.shape
@@ -190,21 +127,23 @@ class RaggedEmotionClassifier(nn.Module):
     def classify(self, features: Tensor, frame_valid: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         """Conv features [batch, frames, channels] to logits, probabilities and the pooled embedding,
         every step that mixes frames masked by `frame_valid` [batch, frames]."""
-        hidden, _ = self.feature_projection(features)
-        hidden = hidden * frame_valid.unsqueeze(-1).to(hidden.dtype)
-        hidden = hidden + self._positional(hidden)
-        hidden = self.encoder.layer_norm(hidden)
-
-        mask_value = torch.finfo(hidden.dtype).min
-        additive_mask = (~frame_valid).to(hidden.dtype)[:, None, None, :] * mask_value
-        layer_outputs = [hidden]
-        for layer in self.encoder.layers:
-            hidden = layer(hidden, attention_mask=additive_mask)
-            layer_outputs.append(hidden)
-
+        projected = self.feature_projection(features)
+        hidden = projected[0] if isinstance(projected, tuple) else projected  # HuBERT's returns one tensor
+        keep = frame_valid.unsqueeze(-1).to(hidden.dtype)
+        hidden = hidden * keep
+        hidden = hidden + self._positional(hidden, keep)
+        if not self.stable_layer_norm:
+            hidden = self.encoder.layer_norm(hidden)
+        layer_outputs = self._layers(hidden, frame_valid)
         if self.layer_weights is not None:
+            # transformers 5's hidden states are the layers' outputs as they left them: a stable-layer-norm
+            # encoder's final norm is in last_hidden_state only (the export's parity check pins this).
             weights = nn.functional.softmax(self.layer_weights, dim=-1).to(hidden.dtype)
             hidden = (torch.stack(layer_outputs, dim=1) * weights.view(-1, 1, 1)).sum(dim=1)
+        elif self.stable_layer_norm:
+            hidden = self.encoder.layer_norm(layer_outputs[-1])
+        else:
+            hidden = layer_outputs[-1]
 
         projected = self.projector(hidden).float()
         valid = frame_valid.unsqueeze(-1).to(projected.dtype)
@@ -212,8 +151,42 @@ class RaggedEmotionClassifier(nn.Module):
         logits = self.classifier(pooled.to(self.weight_dtype)).float()
         return logits, nn.functional.softmax(logits, dim=-1), pooled
 
-    def _positional(self, hidden: Tensor) -> Tensor:
+    def _layers(self, hidden: Tensor, frame_valid: Tensor) -> list[Tensor]:
+        """The transformer layers' input and each layer's output (Hugging Face's hidden states)."""
+        outputs = [hidden]
+        if self.relative_position_bias:
+            # WavLM: the bias of the padded length, then the key-padding mask its attention takes (True: keep).
+            attention = self.encoder.layers[0].attention
+            buckets = attention._relative_positions_bucket(relative_positions(hidden))
+            bias = attention.rel_attn_embed(buckets).permute(2, 0, 1)
+            heads, steps = bias.shape[0], bias.shape[1]
+            position_bias = bias.unsqueeze(0).expand(hidden.shape[0], heads, steps, steps).reshape(-1, steps, steps)
+            for index, layer in enumerate(self.encoder.layers):
+                extra = {} if self.stable_layer_norm else {"index": index}
+                hidden, position_bias = layer(hidden, attention_mask=frame_valid, position_bias=position_bias, **extra)
+                outputs.append(hidden)
+            return outputs
+        additive_mask = (~frame_valid).to(hidden.dtype)[:, None, None, :] * torch.finfo(hidden.dtype).min
+        for layer in self.encoder.layers:
+            hidden = layer(hidden, attention_mask=additive_mask)
+            outputs.append(hidden)
+        return outputs
+
+    def _positional(self, hidden: Tensor, keep: Tensor) -> Tensor:
+        """The positional conv embedding of `hidden` [batch, frames, channels], whose padded frames are zero.
+
+        Every conv must see zeros past a clip's end, as its own zero padding is when the clip is alone:
+        HuBERT's optional batch norm before the conv, and each of data2vec-audio's stacked layers
+        (layer norm, activation), make the padding non-zero again, so it is zeroed after them."""
         embed = self.encoder.pos_conv_embed
+        if self.stacked_positional_conv:
+            frames, keep_frames = hidden.transpose(1, 2), keep.transpose(1, 2)
+            for layer in embed.layers:
+                frames = layer(frames) * keep_frames
+            stacked: Tensor = frames.transpose(1, 2)
+            return stacked
+        if getattr(embed, "batch_norm", None) is not None:
+            hidden = embed.batch_norm(hidden.transpose(1, 2)).transpose(1, 2) * keep
         if not self.matmul_convs:
             conv: nn.Conv1d = embed.conv
             weight_now: Tensor = self.positional_conv_weight  # type: ignore[assignment]
@@ -230,7 +203,7 @@ class RaggedEmotionClassifier(nn.Module):
 
     def _first_conv(self, waveform: Tensor) -> Tensor:
         """[batch, samples] -> [batch, channels, frames]."""
-        conv: nn.Conv1d = self.conv_layers[0].conv  # type: ignore[assignment]
+        conv: nn.Conv1d = self.conv_layers[0].conv
         if not self.matmul_convs:
             native: Tensor = conv(waveform.unsqueeze(1))
             return native
@@ -254,9 +227,9 @@ class RaggedEmotionClassifier(nn.Module):
                 hidden = self._first_conv(hidden)
                 kernel, stride = self.conv_geometry[0]
                 valid_frames = torch.div(lengths - kernel, stride, rounding_mode="floor") + 1
-                norm: nn.GroupNorm = conv_layer.layer_norm  # type: ignore[assignment]
+                norm: nn.GroupNorm = conv_layer.layer_norm
                 normed = clip_group_norm(hidden, valid_frames, norm.weight, norm.bias, float(norm.eps))
-                hidden = conv_layer.activation(normed.to(hidden.dtype))  # type: ignore[operator]
+                hidden = conv_layer.activation(normed.to(hidden.dtype))
             else:
                 hidden = conv_layer(hidden.unsqueeze(1) if index == 0 else hidden)
         return hidden.transpose(1, 2)

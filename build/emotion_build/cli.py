@@ -23,6 +23,7 @@ UNTRAINED_BANNER = """\
 
 def _parser() -> argparse.ArgumentParser:
     from .description import TARGETS, BatchingSettings, ModelDescription
+    from .families import FAMILY_NAMES
     from .libtorch_backend import ARCHIVE_NAME, GITHUB, default_backends_dir
     from .loading import DEFAULT_MODEL
     from .security import API_GROUPS, DEFAULT_PROTECTED_APIS, DEFAULT_TOKEN_HEADER
@@ -49,9 +50,16 @@ def _parser() -> argparse.ArgumentParser:
     )
     export.add_argument(
         "--random-init",
-        choices=("tiny", "base"),
+        choices=("tiny", "base", "large"),
         default=None,
-        help="ignore --model and export an UNTRAINED model of the same architecture",
+        help="ignore --model and export an UNTRAINED model of --family's architecture (large: the "
+        "stable-layer-norm layout of wav2vec2-large / XLSR-53, HuBERT-large, WavLM-large)",
+    )
+    export.add_argument(
+        "--family",
+        choices=FAMILY_NAMES,
+        default="wav2vec2",
+        help="architecture of --random-init (docs/families.md)",
     )
     export.add_argument("--seed", type=int, default=0, help="seed of --random-init weights")
     export.add_argument(
@@ -249,7 +257,11 @@ def _export(args: argparse.Namespace) -> int:
 
     try:
         batching = _batching(args)  # a bad flag fails before minutes of loading and tracing
-        loaded = random_model(args.random_init, seed=args.seed) if args.random_init else load_pretrained(args.model)
+        loaded = (
+            random_model(args.random_init, seed=args.seed, family=args.family)
+            if args.random_init
+            else load_pretrained(args.model)
+        )
         if loaded.untrained:
             print(UNTRAINED_BANNER.format(source=loaded.source), file=sys.stderr, flush=True)
         description = describe(

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import math
 import sys
 import tempfile
 import warnings
@@ -75,6 +76,8 @@ class ParityReport:
     """Largest |Δprobability|, alone or batched."""
     top1_agreement: float = 1.0
     """Share of clips whose most probable class is the eager model's, alone and batched."""
+    non_finite: tuple[str, ...] = ()
+    """Which side gave NaN or infinite logits, for which clips: a difference of NaN says nothing."""
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -135,6 +138,8 @@ def trace(
     ends = torch.tensor(lengths, dtype=torch.int32).cumsum(0).to(torch.int32).to(device)
     with warnings.catch_warnings(), torch.inference_mode(False), torch.no_grad():
         warnings.simplefilter("ignore", torch.jit.TracerWarning)  # type: ignore[attr-defined]
+        # WavLM's attention hands torch a bool key-padding mask beside its float position bias, as it does in HF.
+        warnings.filterwarnings("ignore", message="Support for mismatched key_padding_mask", category=UserWarning)
         traced: torch.jit.ScriptModule = torch.jit.trace(  # type: ignore[no-untyped-call]
             wrapper, (flat, ends), check_trace=False
         )
@@ -167,12 +172,24 @@ def check_parity(
         batched = run(np.concatenate(clips), np.cumsum(lengths).tolist())
     probabilities = [torch.softmax(logits, dim=-1) for logits in (eager, alone, batched)]
     top1 = [p.argmax(dim=-1) for p in probabilities]
+    rate = description.sample_rate
+    non_finite = tuple(
+        f"{side} gives non-finite logits for the clips of "
+        + ", ".join(f"{lengths[i] / rate:.2f} s" for i in bad.nonzero().flatten().tolist())
+        for side, logits in (
+            ("the eager Hugging Face model (the checkpoint itself)", eager),
+            ("the TorchScript export, each clip alone,", alone),
+            ("the TorchScript export, the clips in one ragged batch,", batched),
+        )
+        if bool((bad := ~torch.isfinite(logits).all(dim=-1)).any())
+    )
     return ParityReport(
         tuple(int(n) for n in lengths),
         float((alone - eager).abs().max()),
         float((batched - eager).abs().max()),
         max_abs_prob_diff=max(float((p - probabilities[0]).abs().max()) for p in probabilities[1:]),
         top1_agreement=float(torch.cat([top1[1] == top1[0], top1[2] == top1[0]]).float().mean()),
+        non_finite=non_finite,
     )
 
 
@@ -267,6 +284,8 @@ def _fp32_artifact(
         + ", ".join(f"{n / sample_rate:.2f} s" for n in check_lengths)
     )
     parity = check_parity(reloaded, loaded, description, check_lengths)
+    if parity.non_finite:
+        raise ExportError("; ".join(parity.non_finite) + " (random noise clips, normalised as the server does)")
     worst = max(parity.max_abs_logit_diff, parity.batched_max_abs_logit_diff)
     if not worst <= PARITY_TOLERANCE:
         raise ExportError(
@@ -325,6 +344,9 @@ def _reduced_artifact(
             f"the {precision} TorchScript fails the precision gate: max |Δprob| {report.max_abs_prob_diff:.3g} "
             f"(limit {report.limits.max_abs_prob_diff:g}), top-1 agreement {report.top1_agreement:.1%} "
             f"(limit {report.limits.min_top1_agreement:.0%})"
+            if math.isfinite(report.max_abs_prob_diff)
+            else f"the {precision} TorchScript fails the precision gate: its probabilities (or eager fp32's) are "
+            f"NaN or infinite on some of the {report.clips} speech clips, alone or batched"
         )
         if choice.automatic:
             say(f"warning: {verdict}; exporting fp32 instead")

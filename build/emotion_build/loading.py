@@ -1,8 +1,9 @@
-"""Getting a Wav2Vec2 emotion classifier and its feature-extractor settings into memory.
+"""Getting an audio emotion classifier (families.py) and its feature-extractor settings into memory.
 
-Real weights come through the normal Hugging Face loading code (hub id or local directory).
-Random-weight models of the exact architecture exist so that everything else (tracing, serving,
-benchmarks) can be exercised on machines that cannot download the weights.
+Real weights come through the normal Hugging Face loading code (hub id or local directory), with
+the class the checkpoint's config names; anything export cannot serve is refused from the config,
+before any weights load. Random-weight models of the exact architectures exist so that everything
+else (tracing, serving, benchmarks) can be exercised on machines that cannot download the weights.
 """
 
 from __future__ import annotations
@@ -16,14 +17,18 @@ from typing import Any, Literal
 from urllib.parse import urlsplit
 
 import torch
-from transformers import Wav2Vec2Config, Wav2Vec2FeatureExtractor, Wav2Vec2ForSequenceClassification
+from transformers import AutoConfig, AutoModelForAudioClassification, Wav2Vec2FeatureExtractor
+
+from .families import AudioClassifier, FamilyName, UnsupportedModelError, check_supported, random_config
 
 __all__ = [
     "DEFAULT_MODEL",
     "SUPERB_LABELS",
     "LoadedModel",
     "ModelUnavailableError",
+    "RandomSize",
     "load_pretrained",
+    "random_checkpoint",
     "random_model",
 ]
 
@@ -31,7 +36,7 @@ DEFAULT_MODEL = "superb/wav2vec2-base-superb-er"
 SUPERB_LABELS = ("neu", "hap", "ang", "sad")
 """Only used to give random-weight stand-ins the real model's label set; served labels are read from id2label."""
 
-RandomSize = Literal["tiny", "base"]
+RandomSize = Literal["tiny", "base", "large"]
 
 
 class ModelUnavailableError(RuntimeError):
@@ -40,7 +45,7 @@ class ModelUnavailableError(RuntimeError):
 
 @dataclasses.dataclass(frozen=True)
 class LoadedModel:
-    model: Wav2Vec2ForSequenceClassification
+    model: AudioClassifier
     feature_extractor: Wav2Vec2FeatureExtractor
     source: str
     untrained: bool
@@ -55,10 +60,14 @@ def load_pretrained(name_or_path: str) -> LoadedModel:
     local_only = Path(name_or_path).is_dir() or not _hub_reachable()
     logging.getLogger("huggingface_hub").setLevel(logging.ERROR)
     try:
+        config = AutoConfig.from_pretrained(name_or_path, local_files_only=local_only)
+        check_supported(config)
         feature_extractor = Wav2Vec2FeatureExtractor.from_pretrained(name_or_path, local_files_only=local_only)
-        model = Wav2Vec2ForSequenceClassification.from_pretrained(
+        model = AutoModelForAudioClassification.from_pretrained(
             name_or_path, attn_implementation="eager", local_files_only=local_only
         )
+    except UnsupportedModelError:
+        raise
     except (OSError, ValueError) as error:
         where = (
             "not a model directory"
@@ -69,47 +78,34 @@ def load_pretrained(name_or_path: str) -> LoadedModel:
     return LoadedModel(_prepared(model), feature_extractor, name_or_path, untrained=False)
 
 
-def random_model(size: RandomSize, *, seed: int = 0) -> LoadedModel:
-    """wav2vec2-base's exact classifier architecture (or a scaled-down twin) with random weights."""
-    common: dict[str, Any] = {
-        "use_weighted_layer_sum": True,
-        "classifier_proj_size": 256,
-        "num_labels": len(SUPERB_LABELS),
-        "id2label": dict(enumerate(SUPERB_LABELS)),
-        "label2id": {label: i for i, label in enumerate(SUPERB_LABELS)},
-        "feat_extract_norm": "group",
-        "do_stable_layer_norm": False,
-    }
-    if size == "base":
-        config = Wav2Vec2Config(**common)
-    elif size == "tiny":
-        config = Wav2Vec2Config(
-            **common
-            | {
-                "hidden_size": 32,
-                "num_hidden_layers": 2,
-                "num_attention_heads": 2,
-                "intermediate_size": 64,
-                "conv_dim": (32,) * 7,
-                "num_conv_pos_embeddings": 16,
-                "num_conv_pos_embedding_groups": 4,
-                "classifier_proj_size": 16,
-            }
-        )
-    else:
-        raise ValueError(f"random-init size must be 'tiny' or 'base', got {size!r}")
-    config._attn_implementation = "eager"
+def random_model(size: RandomSize, *, seed: int = 0, family: FamilyName = "wav2vec2") -> LoadedModel:
+    """A family's exact classifier architecture at `size` (families.random_config) with random weights.
+
+    base and large are the published sizes (large in the stable-layer-norm layout of wav2vec2-large,
+    XLSR-53, HuBERT-large and WavLM-large); tiny is a scaled-down twin of the base layout."""
+    if size not in ("tiny", "base", "large"):
+        raise ValueError(f"random-init size must be 'tiny', 'base' or 'large', got {size!r}")
+    config = random_config(family, size, labels=SUPERB_LABELS)
+    return random_checkpoint(config, seed=seed, source=f"random-init:{size}:{family}:seed={seed}")
+
+
+def random_checkpoint(config: Any, *, seed: int, source: str) -> LoadedModel:
+    """The classifier `config` describes (families.random_config) with random weights, and a
+    normalising 16 kHz feature extractor."""
     torch.manual_seed(seed)
-    model = Wav2Vec2ForSequenceClassification(config)
+    model: AudioClassifier = AutoModelForAudioClassification.from_config(  # type: ignore[no-untyped-call]
+        config, attn_implementation="eager"
+    )
     with torch.no_grad():
         # HF's init gives uniform layer weights and near-zero logits, under which a wrong layer order or
         # a pooling slip barely moves the probabilities; spread-out values make the parity checks bite.
-        model.layer_weights.copy_(torch.randn_like(model.layer_weights))
+        if config.use_weighted_layer_sum:
+            model.layer_weights.copy_(torch.randn_like(model.layer_weights))
         model.classifier.weight.normal_(0.0, 1.0)
     feature_extractor = Wav2Vec2FeatureExtractor(  # type: ignore[no-untyped-call]
         feature_size=1, sampling_rate=16000, padding_value=0.0, do_normalize=True, return_attention_mask=False
     )
-    return LoadedModel(_prepared(model), feature_extractor, f"random-init:{size}:seed={seed}", untrained=True)
+    return LoadedModel(_prepared(model), feature_extractor, source, untrained=True)
 
 
 def _hub_reachable(timeout_s: float = 5.0) -> bool:
@@ -131,7 +127,7 @@ def _root_cause(error: BaseException) -> str:
     return (text[0] if text else type(error).__name__)[:200]
 
 
-def _prepared(model: Wav2Vec2ForSequenceClassification) -> Wav2Vec2ForSequenceClassification:
+def _prepared(model: AudioClassifier) -> AudioClassifier:
     # Tracing the weight-norm parametrisation of the positional conv needs grads off.
     model.eval()  # type: ignore[no-untyped-call]
     return model.requires_grad_(False)
