@@ -54,18 +54,21 @@ serve: setup
 	$(BIN)/python -m emotion_build serve --model-repository $(REPOSITORY)
 
 # make loadtest: perf_analyzer on SAMPLES (speech, any rate) against a running server at URL, each
-# measurement window DURATION_MS long; prints perf_analyzer's table, writes LOADTEST_DIR/perf.csv and loadtest.png.
+# measurement window DURATION_MS long, stable within STABILITY % on the average latency (PERCENTILE=99: on p99);
+# prints perf_analyzer's report, writes LOADTEST_DIR/perf.csv and loadtest.png.
 URL ?= localhost:8001
 CONCURRENCY ?= 1:8:1
 DURATION_MS ?= 5000
 SAMPLES ?= samples
 STABILITY ?= 10
 MAX_TRIALS ?= 10
+PERCENTILE ?= -1
 LOADTEST_DIR ?= loadtest
 
 loadtest: setup  ## perf_analyzer's concurrency sweep on real speech against a running server (docs/loadtest.md)
 	$(BIN)/python benchmarks/loadtest.py --url $(URL) --concurrency $(CONCURRENCY) --duration-ms $(DURATION_MS) \
-		--samples $(SAMPLES) --stability $(STABILITY) --max-trials $(MAX_TRIALS) --output $(LOADTEST_DIR)
+		--samples $(SAMPLES) --stability $(STABILITY) --max-trials $(MAX_TRIALS) --percentile $(PERCENTILE) \
+		--output $(LOADTEST_DIR)
 
 # make model-analyzer: NVIDIA's Model Analyzer, in its own venv, on REPOSITORY (a cpu export with
 # --preferred-batch-size 0) under SAMPLES' speech; it starts its own tritonservers. Reports in MA_DIR.

@@ -4,7 +4,7 @@
     python benchmarks/loadtest.py --url localhost:8001 --concurrency 1:8:1 --samples samples --output loadtest
 
 The measurement is perf_analyzer's own (time windows, stable when the last three agree within
---stability percent on throughput and the --percentile latency); this script only makes its input
+--stability percent on throughput and latency: the average, or the --percentile one); this script only makes its input
 data with `emotion-client perf-data`'s code, runs it, and draws throughput and p99 from its CSV.
 """
 
@@ -51,8 +51,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         concurrency=args.concurrency,
         measurement_interval_ms=args.duration_ms,
         extra_args=[
-            "--percentile",
-            str(args.percentile),
+            *(["--percentile", str(args.percentile)] if args.percentile > 0 else []),
             "--stability-percentage",
             str(args.stability),
             "--max-trials",
@@ -86,7 +85,8 @@ def format_rows(rows: Sequence[PerfRow], mean_s: float, percentile: int) -> str:
         f"{r.p50_ms:>8.1f} {r.p90_ms:>8.1f} {r.p99_ms:>8.1f}"
         for r in rows
     ]
-    lines.append(f"(stable on p{percentile}: perf_analyzer's windows; audio-s/s = infer/s x mean clip length)")
+    basis = f"p{percentile}" if percentile > 0 else "the average"
+    lines.append(f"(windows stable on {basis} latency; audio-s/s = infer/s x mean clip length)")
     return "".join(line + "\n" for line in lines)
 
 
@@ -127,7 +127,9 @@ def _parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--samples", type=Path, nargs="+", default=[Path("samples")], help="audio files or folders")
     parser.add_argument("--lengths-s", type=float, nargs="*", default=[], help="cut clips to these lengths in turn")
-    parser.add_argument("--percentile", type=int, default=99, help="latency the windows must agree on (default: 99)")
+    parser.add_argument(
+        "--percentile", type=int, default=-1, help="latency percentile the windows must agree on (-1: the average)"
+    )
     parser.add_argument("--stability", type=float, default=10, help="allowed spread of 3 windows, percent")
     parser.add_argument("--max-trials", type=int, default=10, help="windows per level before giving up")
     parser.add_argument("--output", type=Path, default=Path("loadtest"), help="folder for clips.json, CSV and PNG")

@@ -79,7 +79,7 @@ def model_analyzer_config(args: argparse.Namespace, clips: Path, ports: tuple[in
         "cpu_only_composing_models": [PREPROCESS_MODEL, CLASSIFIER_MODEL],
         "profile_models": {
             ENSEMBLE_MODEL: {
-                "perf_analyzer_flags": {"input-data": str(clips)},
+                "perf_analyzer_flags": {"input-data": str(clips), "stability-percentage": args.stability},
                 "constraints": {"perf_latency_p99": {"max": args.latency_budget_ms}},
             }
         },
@@ -127,6 +127,9 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--max-instances", type=int, default=2, help="instances per composing model (default: 2)")
     parser.add_argument("--max-batch-size", type=int, default=8, help="largest max_batch_size tried (default: 8)")
     parser.add_argument("--max-concurrency", type=int, default=8, help="highest concurrency tried (default: 8)")
+    parser.add_argument(
+        "--stability", type=float, default=10, help="perf_analyzer's allowed spread of 3 windows, percent (default: 10)"
+    )
     parser.add_argument("--latency-budget-ms", type=int, default=500, help="p99 constraint (default: 500)")
     return parser
 
