@@ -12,7 +12,7 @@ LIBTORCH_BACKEND := $(VENV)/share/emotion-build/backends/pytorch/libtriton_pytor
 REPOSITORY ?= model_repository
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: demo test lint typecheck setup system-deps libtorch-backend repository serve bench bench-quick bench-tune bench-precision bench-variants bench-drift bench-overhead clean
+.PHONY: demo test lint typecheck setup system-deps libtorch-backend repository serve loadtest model-analyzer bench bench-quick bench-tune bench-precision bench-variants bench-drift bench-overhead clean
 
 demo: setup  ## export (real weights when reachable), serve on CPU, classify samples/, stop
 	$(BIN)/python -m emotion_build demo --model-repository $(REPOSITORY) --samples samples
@@ -52,6 +52,37 @@ repository: setup  ## the GPU repository for NVIDIA's container (set MODEL=dir o
 
 serve: setup
 	$(BIN)/python -m emotion_build serve --model-repository $(REPOSITORY)
+
+# make loadtest: perf_analyzer on SAMPLES (speech, any rate) against a running server at URL, each
+# measurement window DURATION_MS long, stable within STABILITY % on the average latency (PERCENTILE=99: on p99);
+# prints perf_analyzer's report, writes LOADTEST_DIR/perf.csv and loadtest.png.
+URL ?= localhost:8001
+CONCURRENCY ?= 1:8:1
+DURATION_MS ?= 5000
+SAMPLES ?= samples
+STABILITY ?= 10
+MAX_TRIALS ?= 10
+PERCENTILE ?= -1
+LOADTEST_DIR ?= loadtest
+
+loadtest: setup  ## perf_analyzer's concurrency sweep on real speech against a running server (docs/loadtest.md)
+	$(BIN)/python benchmarks/loadtest.py --url $(URL) --concurrency $(CONCURRENCY) --duration-ms $(DURATION_MS) \
+		--samples $(SAMPLES) --stability $(STABILITY) --max-trials $(MAX_TRIALS) --percentile $(PERCENTILE) \
+		--output $(LOADTEST_DIR)
+
+# make model-analyzer: NVIDIA's Model Analyzer, in its own venv, on REPOSITORY (a cpu export with
+# --preferred-batch-size 0) under SAMPLES' speech; it starts its own tritonservers. Reports in MA_DIR.
+MA_VENV ?= .venv-ma
+MA_DIR ?= model-analyzer
+
+$(MA_VENV)/bin/.installed: benchmarks/analyzer/requirements.txt
+	$(PYTHON) -m venv $(MA_VENV)
+	$(MA_VENV)/bin/pip install --quiet --disable-pip-version-check -r $<
+	touch $@
+
+model-analyzer: setup $(MA_VENV)/bin/.installed  ## Model Analyzer's quick search of instance counts and batch sizes, ensemble profiled (docs/loadtest.md)
+	$(BIN)/python benchmarks/analyzer/profile_ensemble.py --model-analyzer $(MA_VENV)/bin/model-analyzer \
+		--repository $(REPOSITORY) --samples $(SAMPLES) --output $(MA_DIR) $(MA_ARGS)
 
 bench: setup  ## HF pipeline vs in-process TorchScript vs served ensemble -> docs/benchmarks.md + .png (~30 min)
 	$(BIN)/python benchmarks/throughput.py $(BENCH_ARGS)

@@ -9,8 +9,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from emotion_build.perf import perf_analyzer_command, perf_analyzer_env, write_input_data
+from emotion_build.description import AUDIO_INPUT
+from emotion_build.perf import perf_analyzer_command, perf_analyzer_env
 from emotion_build.server import TritonServer
+from emotion_client.perf_data import write_perf_data
 
 
 def test_short_perf_analyzer_run_against_the_ensemble(triton: TritonServer, tmp_path: Path) -> None:
@@ -18,7 +20,7 @@ def test_short_perf_analyzer_run_against_the_ensemble(triton: TritonServer, tmp_
     clips = [(0.1 * rng.standard_normal(n)).astype(np.float32) for n in (8000, 16000, 40000)]
     command = perf_analyzer_command(
         triton.endpoints.grpc_url,
-        input_data=write_input_data(tmp_path / "clips.json", clips),
+        input_data=write_perf_data(tmp_path / "clips.json", clips, AUDIO_INPUT),
         concurrency=(1, 2),
         measurement_interval_ms=1500,
         extra_args=["--max-trials", "4", "--stability-percentage", "100"],

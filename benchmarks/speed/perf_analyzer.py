@@ -8,7 +8,9 @@ import re
 import subprocess
 from pathlib import Path
 
-from emotion_build.perf import PerfRow, perf_analyzer_command, perf_analyzer_env, read_perf_csv, write_input_data
+from emotion_build.description import AUDIO_INPUT
+from emotion_build.perf import PerfRow, perf_analyzer_command, perf_analyzer_env, read_perf_csv
+from emotion_client.perf_data import write_perf_data
 
 from .accounting import children_cpu_s, group_cpu_s
 from .results import Point
@@ -25,7 +27,7 @@ def perf_analyzer_point(
     budget_s: float,
     server_pgid: int | None,
 ) -> Point:
-    data = write_input_data(scratch / f"{workload.name.replace(' ', '')}.json", [c[None, :] for c in workload.clips])
+    data = write_perf_data(scratch / f"{workload.name.replace(' ', '')}.json", workload.clips, AUDIO_INPUT)
     report = scratch / "perf.csv"
     report.unlink(missing_ok=True)
     # perf_analyzer needs three windows to call a measurement stable; each gets a third of the budget.

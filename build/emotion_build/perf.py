@@ -1,7 +1,8 @@
 """Running `perf_analyzer` from the `tritonclient==2.51.0` wheel on a machine without CUDA.
 
 The wheel's binary links `libcudart.so.12` (shipped by `nvidia-cuda-runtime-cu12`) and Debian's
-`libb64-0d`; this module finds the former and builds the command line for the ensemble.
+`libb64-0d`; this module finds the former and builds the command line for the ensemble. Its input
+data comes from `emotion_client.perf_data`, the SDK's own audio path.
 """
 
 from __future__ import annotations
@@ -9,19 +10,15 @@ from __future__ import annotations
 import csv
 import dataclasses
 import io
-import json
 import os
 import shutil
 import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-import numpy as np
-import numpy.typing as npt
+from .description import ENSEMBLE_MODEL
 
-from .description import AUDIO_INPUT, ENSEMBLE_MODEL
-
-__all__ = ["PerfRow", "perf_analyzer_command", "perf_analyzer_env", "read_perf_csv", "write_input_data"]
+__all__ = ["PerfRow", "perf_analyzer_command", "perf_analyzer_env", "read_perf_csv"]
 
 
 def perf_analyzer_env() -> dict[str, str]:
@@ -32,16 +29,6 @@ def perf_analyzer_env() -> dict[str, str]:
     library_dir = Path(next(iter(cuda_runtime.__path__))) / "lib"
     existing = os.environ.get("LD_LIBRARY_PATH", "")
     return {**os.environ, "LD_LIBRARY_PATH": os.pathsep.join(p for p in (str(library_dir), existing) if p)}
-
-
-def write_input_data(path: Path, clips: Sequence[npt.NDArray[np.float32]]) -> Path:
-    """perf_analyzer's own random data is raw bytes, which the server rightly rejects as NaN; send real clips."""
-    entries = [
-        {AUDIO_INPUT: {"content": np.asarray(c, np.float32).ravel().tolist(), "shape": [int(np.size(c))]}}
-        for c in clips
-    ]
-    path.write_text(json.dumps({"data": entries}))
-    return path
 
 
 def perf_analyzer_command(

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import os
+from pathlib import Path
 from typing import TypeAlias
 
 import numpy as np
@@ -15,10 +16,10 @@ import numpy.typing as npt
 import soundfile  # type: ignore[import-untyped, unused-ignore]
 import soxr  # type: ignore[import-untyped, unused-ignore]
 
-from ._defaults import MAX_CHANNELS, MAX_SAMPLE_RATE_HZ, MIN_SAMPLE_RATE_HZ
+from ._defaults import AUDIO_FILE_SUFFIXES, MAX_CHANNELS, MAX_SAMPLE_RATE_HZ, MIN_SAMPLE_RATE_HZ
 from .errors import InvalidAudioError
 
-__all__ = ["AudioSource", "check_channels", "check_sample_rate", "load_audio"]
+__all__ = ["AudioSource", "check_channels", "check_sample_rate", "find_audio_files", "load_audio"]
 
 _LOGGER = logging.getLogger(__name__)
 
@@ -62,6 +63,11 @@ def load_audio(
         _LOGGER.debug("resampling %s from %d Hz to %d Hz", what, rate, target_rate)
         mono = np.asarray(soxr.resample(mono, rate, target_rate, quality="HQ"), dtype=np.float32)
     return mono
+
+
+def find_audio_files(folder: Path) -> list[Path]:
+    """The audio files anywhere under ``folder``, by ending, sorted so that every run sees one order."""
+    return sorted(p for p in folder.rglob("*") if p.is_file() and p.suffix.lower() in AUDIO_FILE_SUFFIXES)
 
 
 def check_sample_rate(rate: int, *, what: str, from_argument: bool) -> None:

@@ -8,6 +8,7 @@
                             [--confusion-png OUT.png]
     emotion-client health [--json]
     emotion-client labels [--json]
+    emotion-client perf-data PATH... -o CLIPS.json [--lengths-s S...]
 
 Every command takes ``--url`` (repeatable, or a comma list: requests go round-robin),
 ``--timeout``, ``--retries``, ``--header KEY=VALUE``, ``--model`` and the TLS options.
@@ -44,7 +45,9 @@ from ._defaults import (
     DEFAULT_WINDOW_S,
     URL_ENV_VAR,
 )
+from ._perf_data_cli import add_perf_data_parser, run_perf_data
 from ._progress import ProgressBar
+from .audio import find_audio_files
 from .client import EmotionClient
 from .connection import TLSConfig
 from .errors import EmotionClientError
@@ -85,6 +88,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 "evaluate": _evaluate,
                 "health": _health,
                 "labels": _labels,
+                "perf-data": run_perf_data,
             }[args.command]
             return handler(client, args)
     except _UsageError as e:
@@ -246,6 +250,7 @@ def _parser() -> tuple[argparse.ArgumentParser, dict[str, argparse.ArgumentParse
         "evaluate": evaluate,
         "health": health,
         "labels": labels,
+        "perf-data": add_perf_data_parser(commands, common),
     }
 
 
@@ -449,9 +454,7 @@ def _collect_files(paths: Sequence[Path], *, recursive: bool) -> list[Path]:
                 raise _UsageError(
                     f"'{path}' is a directory; pass --recursive to classify the audio files in it"
                 )
-            found = sorted(
-                p for p in path.rglob("*") if p.is_file() and p.suffix.lower() in AUDIO_FILE_SUFFIXES
-            )
+            found = find_audio_files(path)
             if not found:
                 print(f"emotion-client: warning: no audio files under '{path}'", file=sys.stderr)
             files.extend(found)
