@@ -90,7 +90,7 @@ bench: setup  ## HF pipeline vs in-process TorchScript vs served ensemble -> doc
 bench-quick: setup  ## the same with short windows and fewer points (~14 min)
 	$(BIN)/python benchmarks/throughput.py --quick $(BENCH_ARGS)
 
-bench-tune: setup  ## dynamic-batching settings measured one server at a time (~12 min)
+bench-tune: setup  ## dynamic-batching settings measured one server at a time (~14 min)
 	$(BIN)/python benchmarks/throughput.py --tune --workloads 1s mixed --concurrency 1 8 $(BENCH_ARGS)
 
 bench-precision: setup  ## the bf16 export's precision gate on 100 speech clips against fp32 eager (~4 min)
