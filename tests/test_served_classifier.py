@@ -15,6 +15,8 @@ from emotion_build.loading import random_model
 from emotion_build.served_classifier import strip_source_paths
 
 SAMPLE_RATE = 16000
+MAX_SAMPLES = 2 * SAMPLE_RATE
+"""The export's --max-duration-s of 2 s, in samples."""
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -22,7 +24,8 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 def served(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> torch.jit.ScriptModule:
     """Each target's form, saved and stripped as the export writes it, and loaded back."""
     path = tmp_path_factory.mktemp("served") / "model.pt"
-    trace(random_model("tiny", seed=5), SAMPLE_RATE, conv_form=conv_form_for(request.param)).save(str(path))
+    loaded = random_model("tiny", seed=5)
+    trace(loaded, SAMPLE_RATE, conv_form=conv_form_for(request.param), max_samples=MAX_SAMPLES).save(str(path))
     strip_source_paths(path)
     module: torch.jit.ScriptModule = torch.jit.load(str(path))  # type: ignore[no-untyped-call]
     return module
@@ -48,6 +51,8 @@ def clips() -> dict[str, torch.Tensor]:
         "inf": torch.full((800,), float("inf")),
         "overflowing": torch.full((8000,), 3e38),
         "other": torch.randn(4000, generator=generator),
+        "longest": torch.randn(MAX_SAMPLES, generator=generator),
+        "too-long": torch.randn(MAX_SAMPLES + 1, generator=generator),
     }
 
 
@@ -61,7 +66,7 @@ def test_clips_the_model_cannot_compute_get_zeros_and_the_rest_their_own_answers
         for output, single in zip(together, alone, strict=True):
             assert torch.isfinite(output[row]).all()
             torch.testing.assert_close(output[row : row + 1], single, atol=1e-6, rtol=0)
-        answered = name in ("good", "other")
+        answered = name in ("good", "other", "longest")
         assert bool(alone[1].any()) == answered, f"{name}: {alone[1]}"
         if answered:
             assert abs(float(alone[1].sum()) - 1.0) < 1e-5
@@ -71,8 +76,8 @@ def test_a_batch_of_nothing_but_bad_clips_never_runs_the_model_and_still_answers
     served: torch.jit.ScriptModule,
 ) -> None:
     named = clips()
-    outputs = run(served, [named["short"], named["empty"], named["nan"]])
-    assert [tuple(o.shape) for o in outputs] == [(3, 4), (3, 4), (3, 16)]
+    outputs = run(served, [named["short"], named["empty"], named["nan"], named["too-long"]])
+    assert [tuple(o.shape) for o in outputs] == [(4, 4), (4, 4), (4, 16)]
     assert not any(o.any() for o in outputs)
 
 

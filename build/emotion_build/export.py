@@ -39,7 +39,7 @@ from .precision import (
     run_gate,
 )
 from .repository import write_repository
-from .served_classifier import serve_form, strip_source_paths
+from .served_classifier import UNLIMITED_SAMPLES, serve_form, strip_source_paths
 from .speech import VOICES, SpeechUnavailableError, synthesise
 from .triton_models.cpu_features import cpu_flags
 from .triton_models.waveform import FloatArray, normalise
@@ -125,8 +125,10 @@ def trace(
     dtype: Precision = "fp32",
     device: str = "cpu",
     conv_form: ConvForm = "native",
+    max_samples: int = UNLIMITED_SAMPLES,
 ) -> torch.jit.ScriptModule:
-    """Trace on `device` with the weights in `dtype` (the eager model itself is left as it is)."""
+    """Trace on `device` with the weights in `dtype` (the eager model itself is left as it is); the
+    served guard answers clips over `max_samples` (the export's maximum duration) with its zero row."""
     model = loaded.model
     if dtype != "fp32":
         model = copy.deepcopy(model)
@@ -143,7 +145,7 @@ def trace(
         traced: torch.jit.ScriptModule = torch.jit.trace(  # type: ignore[no-untyped-call]
             wrapper, (flat, ends), check_trace=False
         )
-        return serve_form(traced, loaded.model.config)
+        return serve_form(traced, loaded.model.config, max_samples=max_samples)
 
 
 def check_parity(
@@ -276,7 +278,7 @@ def _fp32_artifact(
     conv_form = conv_form_for(target)
     sample_rate = description.sample_rate
     say(f"tracing {loaded.source} to TorchScript (fp32 weights, {conv_form} convolutions, on cpu)")
-    trace(loaded, sample_rate, conv_form=conv_form).save(str(artifact))
+    trace(loaded, sample_rate, conv_form=conv_form, max_samples=description.max_samples).save(str(artifact))
     strip_source_paths(artifact)
     reloaded: torch.jit.ScriptModule = torch.jit.load(str(artifact))  # type: ignore[no-untyped-call]
     say(
@@ -331,7 +333,15 @@ def _reduced_artifact(
     device = "cuda" if target != "cpu" and torch.cuda.is_available() else "cpu"
     conv_form = conv_form_for(target)
     say(f"tracing {loaded.source} to TorchScript ({precision} weights, {conv_form} convolutions, on {device})")
-    trace(loaded, description.sample_rate, dtype=precision, device=device, conv_form=conv_form).save(str(artifact))
+    module = trace(
+        loaded,
+        description.sample_rate,
+        dtype=precision,
+        device=device,
+        conv_form=conv_form,
+        max_samples=description.max_samples,
+    )
+    module.save(str(artifact))
     strip_source_paths(artifact)
     reloaded: torch.jit.ScriptModule = torch.jit.load(  # type: ignore[no-untyped-call]
         str(artifact), map_location=device

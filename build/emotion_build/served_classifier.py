@@ -11,6 +11,9 @@ another's answer:
   and it is the defined answer of the libtorch classifier (the Python runner refuses such clips
   with INVALID_ARGUMENT before the model, so there it never appears). A row that still comes out
   non-finite (samples so large that the model's float32 sums overflow) gets the same zero row.
+- A clip longer than the export's maximum duration gets the zero row too, without the model running
+  on it: straight at the libtorch classifier a request of millions of samples would otherwise cost
+  attention over every frame of it, on the GPU its batch-mates share.
 - A request carrying several clips ([n, samples]) is n clips of `samples` each. Triton's
   accumulated element count gives one end per request, but its responder hands each request as
   many rows as its first dimension: without the per-item lengths (the `waveform_items` batch
@@ -31,7 +34,7 @@ from torch import Tensor, nn
 
 from .description import receptive_field
 
-__all__ = ["ServedClassifier", "serve_form", "strip_source_paths"]
+__all__ = ["UNLIMITED_SAMPLES", "ServedClassifier", "serve_form", "strip_source_paths"]
 
 _DEBUG_SUFFIX = ".debug_pkl"
 
@@ -39,11 +42,21 @@ _DEBUG_SUFFIX = ".debug_pkl"
 class ServedClassifier(nn.Module):
     """Scripted around the traced classifier, so that its branches stay dynamic in the export."""
 
-    def __init__(self, classifier: torch.jit.ScriptModule, *, min_samples: int, classes: int, embedding_size: int):
+    def __init__(
+        self,
+        classifier: torch.jit.ScriptModule,
+        *,
+        min_samples: int,
+        max_samples: int,
+        classes: int,
+        embedding_size: int,
+    ):
         super().__init__()
         self.classifier = classifier
         self.min_samples = min_samples
         """The receptive field: fewer samples give the model no frame to pool."""
+        self.max_samples = max_samples
+        """The export's --max-duration-s in samples, the limit the preprocess and the Python runner refuse at."""
         self.classes = classes
         self.embedding_size = embedding_size
 
@@ -63,10 +76,13 @@ class ServedClassifier(nn.Module):
             ends = waveform_ends.reshape(-1).to(torch.long)
         starts = torch.cat([torch.zeros(1, dtype=torch.long, device=ends.device), ends[:-1]])
         lengths = ends - starts
+        # int32 counts: a Triton request is under 2 GiB, so under 2**29 samples.
         bad_samples = torch.cat(
-            [torch.zeros(1, dtype=torch.long, device=flat.device), (~torch.isfinite(flat)).to(torch.long).cumsum(0)]
+            [torch.zeros(1, dtype=torch.int32, device=flat.device), (~torch.isfinite(flat)).to(torch.int32).cumsum(0)]
         )
-        answerable = (lengths >= self.min_samples) & (bad_samples[ends] == bad_samples[starts])
+        answerable = (
+            (lengths >= self.min_samples) & (lengths <= self.max_samples) & (bad_samples[ends] == bad_samples[starts])
+        )
         rows = int(lengths.shape[0])
         logits = torch.zeros(rows, self.classes, dtype=torch.float32, device=flat.device)
         probabilities = torch.zeros(rows, self.classes, dtype=torch.float32, device=flat.device)
@@ -74,8 +90,12 @@ class ServedClassifier(nn.Module):
         if bool(answerable.all()):
             logits, probabilities, embedding = self.classifier(flat, ends.to(torch.int32))
         elif bool(answerable.any()):
-            clip_of_sample = torch.repeat_interleave(torch.arange(rows, device=flat.device), lengths)
-            kept = flat[answerable[clip_of_sample]]
+            # Slices, not a per-sample index: an oversized clip must not cost eight bytes a sample again.
+            pieces: list[Tensor] = []
+            for row in range(rows):
+                if bool(answerable[row]):
+                    pieces.append(flat[int(starts[row]) : int(ends[row])])
+            kept = torch.cat(pieces)
             kept_ends = torch.cumsum(lengths[answerable], 0).to(torch.int32)
             kept_logits, kept_probabilities, kept_embedding = self.classifier(kept, kept_ends)
             logits[answerable] = kept_logits.float()
@@ -93,12 +113,17 @@ class ServedClassifier(nn.Module):
         )
 
 
-def serve_form(traced: torch.jit.ScriptModule, config: Any) -> torch.jit.ScriptModule:
-    """`traced` behind the guard, sized from the Hugging Face model's config."""
+UNLIMITED_SAMPLES = 2**31 - 1
+"""For modules traced outside an export (benchmarks, tests of other behaviour): no upper length."""
+
+
+def serve_form(traced: torch.jit.ScriptModule, config: Any, *, max_samples: int) -> torch.jit.ScriptModule:
+    """`traced` behind the guard, sized from the Hugging Face model's config and the export's longest clip."""
     guarded: torch.jit.ScriptModule = torch.jit.script(
         ServedClassifier(
             traced,
             min_samples=receptive_field(config.conv_kernel, config.conv_stride),
+            max_samples=max_samples,
             classes=int(config.num_labels),
             embedding_size=int(config.classifier_proj_size),
         )
