@@ -15,6 +15,9 @@ eager fp32 model on espeak-ng speech (each clip alone). Variants:
 - -fp32-front: the first conv layer and its group norm in fp32 (a precision lever: what it costs);
 - -aoti (--aoti): a padded-batch form compiled by AOTInductor (`torch.export`, dynamic batch and
   length, group-norm statistics as masked sums): fused elementwise kernels TorchScript lacks;
+- -int8 (--int8, CPU): the encoder layers' linear maps as int8 x int8 -> int32 products
+  (`torch._int_mm`, VNNI), weights rounded per output channel at build, activations per row at each
+  call, everything else in the reduced precision: twice bf16's matmul rate, at what precision cost;
 - hf-fp32, hf-bf16: the Hugging Face model itself on a padded batch (its default attention).
 
     python benchmarks/module_variants.py --threads 1 --threads 2          # CPU, bf16 variants
@@ -47,6 +50,7 @@ from torch import Tensor, nn
 from emotion_build import batched_classifier
 from emotion_build.batched_classifier import RaggedEmotionClassifier
 from emotion_build.export import conv_form_for
+from emotion_build.families import backbone
 from emotion_build.loading import LoadedModel, random_model
 from emotion_build.precision import TORCH_DTYPES
 from emotion_build.speech import speech_for_measurement
@@ -61,6 +65,10 @@ SHAPES = {
     ("cuda", 0): [(32, 1.0), (32, 4.0), (16, 10.0)],
 }
 FORMS = ("", "-sdpa", "-frozen", "-frozen-ofi", "-other-convs", "-gn-native", "-fp32-front")
+ENCODER_LINEARS = {
+    "attention": ("q_proj", "k_proj", "v_proj", "out_proj"),
+    "feed_forward": ("intermediate_dense", "output_dense"),
+}
 Call = Callable[[FloatArray, Sequence[int]], Tensor]
 """A flat batch and its clip ends -> probabilities [clips, classes]."""
 
@@ -145,6 +153,39 @@ class PaddedForExport(RaggedEmotionClassifier):
         return activated
 
 
+class Int8Linear(nn.Module):
+    """An fp32 nn.Linear as int8 products, output in `dtype`. Per-row activation scales keep a clip's
+    answer independent of its batch-mates, and int32 sums are exact whatever the batch's shape."""
+
+    def __init__(self, linear: nn.Linear, dtype: torch.dtype) -> None:
+        super().__init__()
+        weight = linear.weight.detach().float()
+        scale = weight.abs().amax(1).clamp_min(1e-12) / 127
+        self.register_buffer("weight_t", torch.round(weight / scale[:, None]).to(torch.int8).t())
+        self.register_buffer("weight_scale", scale)
+        bias = linear.bias.detach().float() if linear.bias is not None else torch.zeros_like(scale)
+        self.register_buffer("bias", bias)
+        self.dtype = dtype
+
+    def forward(self, hidden: Tensor) -> Tensor:
+        rows = hidden.reshape(-1, hidden.shape[-1]).float()
+        scale = rows.abs().amax(1, keepdim=True).clamp_min(1e-12) / 127
+        products = torch._int_mm(torch.round(rows / scale).to(torch.int8), self.weight_t)  # type: ignore[arg-type]
+        out = torch.addcmul(self.bias, products.float() * scale, self.weight_scale)  # type: ignore[arg-type]
+        return out.to(self.dtype).reshape(*hidden.shape[:-1], -1)
+
+
+def int8_linears(model: Any, fp32_model: Any) -> None:
+    """Replace `model`'s encoder-layer linear maps by int8 ones rounded from `fp32_model`'s weights."""
+    dtype = next(model.parameters()).dtype
+    layers = zip(backbone(model).encoder.layers, backbone(fp32_model).encoder.layers, strict=True)
+    for layer, fp32_layer in layers:
+        for block, names in ENCODER_LINEARS.items():
+            for name in names:
+                fp32_linear = getattr(getattr(fp32_layer, block), name)
+                setattr(getattr(layer, block), name, Int8Linear(fp32_linear, dtype))
+
+
 def aoti(model: Any, conv_form: batched_classifier.ConvForm, device: str, package: Path) -> Call:
     """PaddedForExport compiled ahead of time by AOTInductor (minutes), then called like the others."""
     module = PaddedForExport(model, conv_form).eval().to(device)
@@ -218,6 +259,8 @@ def build(name: str, loaded: LoadedModel, device: str) -> Call:
     if form == "sdpa":
         model.config._attn_implementation = "sdpa"
     nn.Module.to(model, TORCH_DTYPES[precision])  # type: ignore[index]
+    if form == "int8":
+        int8_linears(model, loaded.model)
     if form == "aoti":
         return aoti(model, conv_form, device, Path(tempfile.mkdtemp(prefix="aoti-")) / "module.pt2")
     if form in ("gn-native", "fp32-front"):
@@ -312,10 +355,11 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--clips", type=int, default=16, help="speech clips for the Δprob column")
     parser.add_argument("--speech", type=Path, help="a folder of recorded clips instead of espeak-ng (a GPU machine)")
     parser.add_argument("--aoti", action="store_true", help="add <dtype>-aoti: AOTInductor (minutes to compile)")
+    parser.add_argument("--int8", action="store_true", help="add <dtype>-int8: int8 encoder linears (CPU)")
     parser.add_argument("--output", type=Path, default=REPO_ROOT / "docs" / "benchmarks.md")
     parser.add_argument("--no-write", action="store_true", help="print the table only")
     args = parser.parse_args(argv)
-    forms = FORMS + (("-aoti",) if args.aoti else ())
+    forms = FORMS + (("-aoti",) if args.aoti else ()) + (("-int8",) if args.int8 else ())
     args.variants = args.variants or ["fp32", *(args.dtype + form for form in forms), "hf-fp32", f"hf-{args.dtype}"]
     args.reference = args.dtype
     args.threads = [0] if args.device.startswith("cuda") else (args.threads or [1, 2])
