@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import subprocess
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
+import numpy.typing as npt
 import soundfile
+import soxr
 
 SENTENCES = (
     "The meeting has been moved to Thursday afternoon.",
@@ -29,3 +32,12 @@ def espeak_clip(directory: Path, seconds: float, *, index: int = 0) -> Path:
     path = directory / f"speech-{index}-{seconds:.2f}s.wav"
     soundfile.write(path, audio[:wanted], rate, subtype="PCM_16")
     return path
+
+
+def espeak_clips(directory: Path, seconds: Sequence[float], *, sample_rate: int) -> list[npt.NDArray[np.float32]]:
+    """One espeak_clip per length, read back as float32 at `sample_rate`."""
+    clips = []
+    for index, length in enumerate(seconds):
+        audio, rate = soundfile.read(espeak_clip(directory, length, index=index), dtype="float32")
+        clips.append(soxr.resample(audio, rate, sample_rate).astype(np.float32))
+    return clips

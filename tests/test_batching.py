@@ -7,11 +7,9 @@ probabilities both ways.
 
 from __future__ import annotations
 
-from concurrent.futures import ThreadPoolExecutor
-
 import numpy as np
 import pytest
-from triton_probes import counts_after, infer, settled_counts
+from triton_probes import alone_then_together
 
 from emotion_build.server import TritonServer
 
@@ -29,15 +27,8 @@ def test_mixed_lengths_batch_together_without_changing_any_answer(
     lengths = rng.integers(int(0.3 * SAMPLE_RATE), 15 * SAMPLE_RATE, size=4 * CONCURRENCY)
     clips = [(0.2 * rng.standard_normal(n)).astype(np.float32) for n in lengths]
 
-    alone = np.stack([infer(url, clip[None, :]) for clip in clips])
-
-    before = settled_counts(url, "classifier")
-    with ThreadPoolExecutor(CONCURRENCY) as pool:
-        together = np.stack(list(pool.map(lambda clip: infer(url, clip[None, :]), clips)))
-    change = counts_after(url, "classifier", before, successes=len(clips))
+    alone, drift, change = alone_then_together(url, clips, CONCURRENCY)
     inferences, executions = change.inferences, change.executions
-
-    drift = float(np.abs(together - alone).max())
     average_batch = inferences / executions
     print(
         f"{request.node.callspec.id}: {len(clips)} clips "

@@ -11,11 +11,9 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 import pytest
-import soundfile
-import soxr
 import torch
 from repositories import export_cpu_repository
-from speech import espeak_clip
+from speech import espeak_clips
 from test_end_to_end import eager_probabilities, in_label_order
 
 import emotion_build.precision
@@ -69,11 +67,7 @@ def bf16_server(bf16_repository: Path) -> Iterator[TritonServer]:
 
 @pytest.fixture(scope="module")
 def speech_clips(tmp_path_factory: pytest.TempPathFactory) -> list[npt.NDArray[np.float32]]:
-    directory = tmp_path_factory.mktemp("bf16-speech")
-    clips = []
-    for index, seconds in enumerate((0.6, 1.3, 2.7, 4.0, 7.5)):
-        audio, rate = soundfile.read(espeak_clip(directory, seconds, index=index), dtype="float32")
-        clips.append(soxr.resample(audio, rate, RATE).astype(np.float32))
+    clips = espeak_clips(tmp_path_factory.mktemp("bf16-speech"), (0.6, 1.3, 2.7, 4.0, 7.5), sample_rate=RATE)
     return clips
 
 

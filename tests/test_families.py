@@ -8,21 +8,18 @@ One server per variant (the served model names are fixed), started once for all 
 from __future__ import annotations
 
 from collections.abc import Iterator
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
 import numpy.typing as npt
 import pytest
-import soundfile
-import soxr
 import torch
 from conftest import TEST_BATCHING
 from families import VARIANTS, Variant, save_checkpoint
 from repositories import export_cpu_repository, export_repository
-from speech import espeak_clip
+from speech import espeak_clips
 from transformers import AutoModelForAudioClassification, Wav2Vec2FeatureExtractor
-from triton_probes import counts_after, infer, settled_counts
+from triton_probes import alone_then_together
 
 from emotion_build.description import BatchingSettings, Provenance, Target
 from emotion_build.export import PARITY_TOLERANCE, check_parity, describe, export, trace
@@ -62,12 +59,7 @@ def variant_server(variant_repository: Path) -> Iterator[TritonServer]:
 
 @pytest.fixture(scope="module")
 def speech(tmp_path_factory: pytest.TempPathFactory) -> list[npt.NDArray[np.float32]]:
-    directory = tmp_path_factory.mktemp("family-speech")
-    clips = []
-    for index, seconds in enumerate(SPEECH_S):
-        audio, rate = soundfile.read(espeak_clip(directory, seconds, index=index), dtype="float32")
-        clips.append(soxr.resample(audio, rate, RATE).astype(np.float32))
-    return clips
+    return espeak_clips(tmp_path_factory.mktemp("family-speech"), SPEECH_S, sample_rate=RATE)
 
 
 def test_export_loads_the_class_the_config_names_and_checks_parity_in_the_gpu_conv_form(
@@ -149,12 +141,7 @@ def test_answers_do_not_move_when_batched_through_the_server(
     rng = np.random.default_rng(5)
     lengths = rng.integers(int(0.3 * RATE), 8 * RATE, size=2 * CONCURRENCY)
     clips = [(0.2 * rng.standard_normal(n)).astype(np.float32) for n in lengths]
-    alone = np.stack([infer(url, clip[None, :]) for clip in clips])
-    before = settled_counts(url, "classifier")
-    with ThreadPoolExecutor(CONCURRENCY) as pool:
-        together = np.stack(list(pool.map(lambda clip: infer(url, clip[None, :]), clips)))
-    change = counts_after(url, "classifier", before, successes=len(clips))
-    drift = float(np.abs(together - alone).max())
+    alone, drift, change = alone_then_together(url, clips, CONCURRENCY)
     average = change.inferences / change.executions
     print(f"{name}: max |Δprob| alone vs batched {drift:.2e}, average executed batch {average:.2f}")
     assert change.inferences == len(clips)

@@ -10,10 +10,8 @@ from pathlib import Path
 import numpy as np
 import numpy.typing as npt
 import pytest
-import soundfile
-import soxr
 import torch
-from speech import espeak_clip
+from speech import espeak_clips
 
 from emotion_build.description import BatchingSettings, Provenance
 from emotion_build.export import describe, export
@@ -39,12 +37,8 @@ def exported(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
 
 @pytest.fixture(scope="module")
 def speech(tmp_path_factory: pytest.TempPathFactory) -> list[npt.NDArray[np.float32]]:
-    directory = tmp_path_factory.mktemp("speech")
-    clips = []
-    for index, seconds in enumerate((0.7, 1.5, 2.5, 4.0, 6.0, 9.0)):
-        audio, rate = soundfile.read(espeak_clip(directory, seconds, index=index), dtype="float32")
-        clips.append(normalise(soxr.resample(audio, rate, RATE).astype(np.float32), do_normalize=True))
-    return clips
+    clips = espeak_clips(tmp_path_factory.mktemp("speech"), (0.7, 1.5, 2.5, 4.0, 6.0, 9.0), sample_rate=RATE)
+    return [normalise(clip, do_normalize=True) for clip in clips]
 
 
 def load(repository: Path) -> torch.jit.ScriptModule:

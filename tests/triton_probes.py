@@ -16,6 +16,7 @@ import sys
 import threading
 import time
 from collections.abc import Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -146,6 +147,20 @@ def settled_counts(url: str, model: str, *, headers: Mapping[str, str] | None = 
             return current
         previous = current
     return previous
+
+
+def alone_then_together(
+    url: str, clips: Sequence[npt.NDArray[np.float32]], concurrency: int
+) -> tuple[npt.NDArray[np.float32], float, ModelCounts]:
+    """Each clip sent alone, then all of them from `concurrency` threads so that the server batches
+    them: the answers alone, the largest change of any answer, and the classifier's counters for
+    the concurrent pass."""
+    alone = np.stack([infer(url, clip[None, :]) for clip in clips])
+    before = settled_counts(url, "classifier")
+    with ThreadPoolExecutor(concurrency) as pool:
+        together = np.stack(list(pool.map(lambda clip: infer(url, clip[None, :]), clips)))
+    change = counts_after(url, "classifier", before, successes=len(clips))
+    return alone, float(np.abs(together - alone).max()), change
 
 
 # ------------------------------------------------------------------------------------------------
