@@ -93,7 +93,7 @@ bench-quick: setup  ## the same with short windows and fewer points (~14 min)
 bench-tune: setup  ## dynamic-batching settings measured one server at a time (~14 min)
 	$(BIN)/python benchmarks/throughput.py --tune --workloads 1s mixed --concurrency 1 8 $(BENCH_ARGS)
 
-bench-precision: setup  ## the bf16 export's precision gate on 100 speech clips against fp32 eager (~4 min)
+bench-precision: setup  ## the int8 export's precision gate on 100 speech clips against fp32 eager (~5 min)
 	$(BIN)/python benchmarks/precision_parity.py $(BENCH_ARGS)
 
 bench-variants: setup  ## forms of the exported module (bf16/fp32, sdpa, frozen, conv forms) timed in turn, with their precision (~20 min)

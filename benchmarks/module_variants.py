@@ -15,9 +15,9 @@ eager fp32 model on espeak-ng speech (each clip alone). Variants:
 - -fp32-front: the first conv layer and its group norm in fp32 (a precision lever: what it costs);
 - -aoti (--aoti): a padded-batch form compiled by AOTInductor (`torch.export`, dynamic batch and
   length, group-norm statistics as masked sums): fused elementwise kernels TorchScript lacks;
-- -int8 (--int8, CPU): the encoder layers' linear maps as int8 x int8 -> int32 products
-  (`torch._int_mm`, VNNI), weights rounded per output channel at build, activations per row at each
-  call, everything else in the reduced precision: twice bf16's matmul rate, at what precision cost;
+- -int8 (--int8, CPU): the encoder layers' linear maps as int8 products as `export --dtype int8`
+  makes them (emotion_build.int8_products: GPTQ-rounded weights, activations per row), everything
+  else in the reduced precision;
 - hf-fp32, hf-bf16: the Hugging Face model itself on a padded batch (its default attention).
 
     python benchmarks/module_variants.py --threads 1 --threads 2          # CPU, bf16 variants
@@ -49,11 +49,11 @@ from torch import Tensor, nn
 
 from emotion_build import batched_classifier
 from emotion_build.batched_classifier import RaggedEmotionClassifier
-from emotion_build.export import conv_form_for
-from emotion_build.families import backbone
+from emotion_build.export import CALIBRATION_CLIPS, CALIBRATION_SEED, conv_form_for
+from emotion_build.int8_products import calibrate, with_int8_linears
 from emotion_build.loading import LoadedModel, random_model
 from emotion_build.precision import TORCH_DTYPES
-from emotion_build.speech import speech_for_measurement
+from emotion_build.speech import speech_for_measurement, synthesise
 from emotion_build.triton_models.heap import keep_freed_memory
 from emotion_build.triton_models.ragged import concatenate
 from emotion_build.triton_models.waveform import FloatArray, normalise
@@ -65,10 +65,6 @@ SHAPES = {
     ("cuda", 0): [(32, 1.0), (32, 4.0), (16, 10.0)],
 }
 FORMS = ("", "-sdpa", "-frozen", "-frozen-ofi", "-other-convs", "-gn-native", "-fp32-front")
-ENCODER_LINEARS = {
-    "attention": ("q_proj", "k_proj", "v_proj", "out_proj"),
-    "feed_forward": ("intermediate_dense", "output_dense"),
-}
 Call = Callable[[FloatArray, Sequence[int]], Tensor]
 """A flat batch and its clip ends -> probabilities [clips, classes]."""
 
@@ -153,37 +149,11 @@ class PaddedForExport(RaggedEmotionClassifier):
         return activated
 
 
-class Int8Linear(nn.Module):
-    """An fp32 nn.Linear as int8 products, output in `dtype`. Per-row activation scales keep a clip's
-    answer independent of its batch-mates, and int32 sums are exact whatever the batch's shape."""
-
-    def __init__(self, linear: nn.Linear, dtype: torch.dtype) -> None:
-        super().__init__()
-        weight = linear.weight.detach().float()
-        scale = weight.abs().amax(1).clamp_min(1e-12) / 127
-        self.register_buffer("weight_t", torch.round(weight / scale[:, None]).to(torch.int8).t())
-        self.register_buffer("weight_scale", scale)
-        bias = linear.bias.detach().float() if linear.bias is not None else torch.zeros_like(scale)
-        self.register_buffer("bias", bias)
-        self.dtype = dtype
-
-    def forward(self, hidden: Tensor) -> Tensor:
-        rows = hidden.reshape(-1, hidden.shape[-1]).float()
-        scale = rows.abs().amax(1, keepdim=True).clamp_min(1e-12) / 127
-        products = torch._int_mm(torch.round(rows / scale).to(torch.int8), self.weight_t)  # type: ignore[arg-type]
-        out = torch.addcmul(self.bias, products.float() * scale, self.weight_scale)  # type: ignore[arg-type]
-        return out.to(self.dtype).reshape(*hidden.shape[:-1], -1)
-
-
-def int8_linears(model: Any, fp32_model: Any) -> None:
-    """Replace `model`'s encoder-layer linear maps by int8 ones rounded from `fp32_model`'s weights."""
-    dtype = next(model.parameters()).dtype
-    layers = zip(backbone(model).encoder.layers, backbone(fp32_model).encoder.layers, strict=True)
-    for layer, fp32_layer in layers:
-        for block, names in ENCODER_LINEARS.items():
-            for name in names:
-                fp32_linear = getattr(getattr(fp32_layer, block), name)
-                setattr(getattr(layer, block), name, Int8Linear(fp32_linear, dtype))
+def int8_linears(model: Any, loaded: LoadedModel) -> None:
+    """The export's int8 products: GPTQ-rounded on its own calibration speech (not the Δprob clips)."""
+    clips = synthesise(CALIBRATION_CLIPS, sample_rate=RATE, seed=CALIBRATION_SEED)
+    calibration = [normalise(clip, do_normalize=True) for clip in clips]
+    with_int8_linears(model, loaded.model, calibrate(loaded.model, calibration))
 
 
 def aoti(model: Any, conv_form: batched_classifier.ConvForm, device: str, package: Path) -> Call:
@@ -260,7 +230,7 @@ def build(name: str, loaded: LoadedModel, device: str) -> Call:
         model.config._attn_implementation = "sdpa"
     nn.Module.to(model, TORCH_DTYPES[precision])  # type: ignore[index]
     if form == "int8":
-        int8_linears(model, loaded.model)
+        int8_linears(model, loaded)
     if form == "aoti":
         return aoti(model, conv_form, device, Path(tempfile.mkdtemp(prefix="aoti-")) / "module.pt2")
     if form in ("gn-native", "fp32-front"):

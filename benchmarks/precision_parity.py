@@ -1,5 +1,5 @@
-"""How far a reduced-precision export (`export --dtype bf16|fp16`) moves the answers, on more speech
-than the export's own gate runs.
+"""How far a reduced-precision export (`export --dtype int8|bf16|fp16`) moves the answers, on more
+speech than the export's own gate runs.
 
 The very gate `export` applies (emotion_build.precision.run_gate): the module traced as `export`
 traces it for the device's target, against the eager fp32 Hugging Face model, on espeak-ng speech
@@ -7,7 +7,8 @@ of 1-10 s in eight voices, each clip alone and in ragged batches of 8; here on 1
 default instead of the export's 40, with the time each pass took. Writes the result between the
 `precision` markers of docs/benchmarks.md (`precision-gpu` on CUDA).
 
-    python benchmarks/precision_parity.py                              # bf16 on this CPU (make bench-precision)
+    python benchmarks/precision_parity.py                              # int8 on this CPU (make bench-precision)
+    python benchmarks/precision_parity.py --dtype bf16
     python benchmarks/precision_parity.py --device cuda --dtype fp16   # where the GPU targets run
 """
 
@@ -24,10 +25,10 @@ import torch
 from speed.context import machine_name
 from speed.sections import REPO_ROOT, write_section
 
-from emotion_build.export import conv_form_for, trace
+from emotion_build.export import CALIBRATION_CLIPS, CALIBRATION_SEED, conv_form_for, trace
 from emotion_build.loading import load_pretrained, random_model
 from emotion_build.precision import GATE_BATCH_SIZE, Precision, run_gate
-from emotion_build.speech import speech_for_measurement
+from emotion_build.speech import speech_for_measurement, synthesise
 from emotion_build.triton_models.waveform import FloatArray, normalise
 
 RATE = 16000
@@ -38,7 +39,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--model", help="HF id or directory (default: random-init wav2vec2-base)")
     parser.add_argument("--random-init", choices=("tiny", "base"), default="base")
     parser.add_argument("--device", default="cpu")
-    parser.add_argument("--dtype", choices=("bf16", "fp16"), default="bf16")
+    parser.add_argument("--dtype", choices=("int8", "bf16", "fp16"), default="int8")
     parser.add_argument("--clips", type=int, default=100, help="speech clips of 1-10 s")
     parser.add_argument("--speech", type=Path, help="a folder of recorded clips instead of espeak-ng (a GPU machine)")
     parser.add_argument("--output", type=Path, default=REPO_ROOT / "docs" / "benchmarks.md")
@@ -48,10 +49,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     cuda = args.device.startswith("cuda")
 
     loaded = load_pretrained(args.model) if args.model else random_model(args.random_init)
-    raw, source = speech_for_measurement(args.clips, sample_rate=RATE, seed=11, directory=args.speech)
+    # Not the export's gate clips (synthesise's default seed) nor its int8 calibration (CALIBRATION_SEED).
+    raw, source = speech_for_measurement(args.clips, sample_rate=RATE, seed=13, directory=args.speech)
     clips = [normalise(clip, do_normalize=True) for clip in raw]
     conv_form = conv_form_for("gpu" if cuda else "cpu")
-    module = trace(loaded, RATE, dtype=precision, device=args.device, conv_form=conv_form)
+    calibration = []
+    if precision == "int8":
+        calibration_clips = synthesise(CALIBRATION_CLIPS, sample_rate=RATE, seed=CALIBRATION_SEED)
+        calibration = [normalise(clip, do_normalize=True) for clip in calibration_clips]
+    module = trace(loaded, RATE, dtype=precision, device=args.device, conv_form=conv_form, calibration=calibration)
     print(
         f"{len(clips)} clips ({source}); {precision} module ({conv_form} convolutions) on {args.device}",
         file=sys.stderr,

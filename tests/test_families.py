@@ -153,11 +153,12 @@ def test_answers_do_not_move_when_batched_through_the_server(
 def test_reduced_precision_gates_pass_on_speech(
     variant_dir: tuple[str, Path], speech: list[npt.NDArray[np.float32]], tmp_path: Path
 ) -> None:
-    """bf16 for the cpu target and fp16 for the gpu one (traced here on the CPU), each through the gate on speech."""
+    """bf16 and int8 for the cpu target and fp16 for the gpu one (traced here on the CPU), each through the
+    gate on speech (int8 also rounds its weights on the export's own calibration speech)."""
     name, directory = variant_dir
     loaded = load_pretrained(str(directory))
     description = describe(loaded, batching=BatchingSettings(), min_duration_s=0.1, max_duration_s=30)
-    cases: tuple[tuple[Target, Precision], ...] = (("cpu", "bf16"), ("gpu", "fp16"))
+    cases: tuple[tuple[Target, Precision], ...] = (("cpu", "bf16"), ("cpu", "int8"), ("gpu", "fp16"))
     for target, dtype in cases:
         result = export(
             loaded,
@@ -171,7 +172,7 @@ def test_reduced_precision_gates_pass_on_speech(
         gate = result.provenance.gate
         assert gate is not None and gate["passed"] is True and gate["clips"] == len(speech)
         print(f"{name} {dtype}: max |Δprob| {result.provenance.max_abs_prob_diff:.2e} against eager fp32")
-        assert result.provenance.dtype == {"bf16": "bfloat16", "fp16": "float16"}[dtype]
+        assert result.provenance.dtype == {"bf16": "bfloat16", "int8": "int8+bfloat16", "fp16": "float16"}[dtype]
 
 
 def test_random_init_builds_each_family_and_large_is_the_published_stable_layout() -> None:

@@ -14,18 +14,29 @@ from emotion_build.triton_models.cpu_features import cpu_flags, emulation_warnin
 from emotion_build.triton_models.waveform import FloatArray
 
 ZEN4 = frozenset({"avx2", "avx512f", "avx512_bf16", "avx512_vnni"})
-SAPPHIRE_RAPIDS = frozenset({"avx512f", "amx_bf16", "amx_tile", "avx512_bf16"})
+SAPPHIRE_RAPIDS = frozenset({"avx512f", "amx_bf16", "amx_int8", "amx_tile", "avx512_bf16", "avx512_vnni"})
 ICE_LAKE = frozenset({"avx2", "avx512f", "avx512_vnni"})
+BF16_ONLY = frozenset({"avx512f", "avx512_bf16"})
 
 
-def test_auto_takes_bf16_for_the_cpu_target_only_where_the_cpu_computes_it() -> None:
+def test_auto_takes_int8_then_bf16_for_the_cpu_target_only_where_the_cpu_computes_them() -> None:
     zen4 = choose_precision("auto", "cpu", ZEN4)
-    assert (zen4.precision, zen4.automatic) == ("bf16", True)
-    assert "avx512_bf16" in zen4.reason
-    assert "amx_bf16" in choose_precision("auto", "cpu", SAPPHIRE_RAPIDS).reason
-    older = choose_precision("auto", "cpu", ICE_LAKE)
+    assert (zen4.precision, zen4.automatic) == ("int8", True)
+    assert "avx512_vnni" in zen4.reason and "avx512_bf16" in zen4.reason
+    sapphire = choose_precision("auto", "cpu", SAPPHIRE_RAPIDS)
+    assert sapphire.precision == "int8" and "amx_int8" in sapphire.reason and "amx_bf16" in sapphire.reason
+    bf16_only = choose_precision("auto", "cpu", BF16_ONLY)
+    assert bf16_only.precision == "bf16" and "avx512_bf16" in bf16_only.reason
+    older = choose_precision("auto", "cpu", ICE_LAKE)  # int8 products but no bf16 around them
     assert older.precision == "fp32" and "no bf16 instructions" in older.reason
     assert choose_precision("auto", "cpu", frozenset()).precision == "fp32"
+
+
+def test_auto_falls_back_from_int8_to_bf16_to_fp32() -> None:
+    int8 = choose_precision("auto", "cpu", ZEN4)
+    bf16 = int8.fallback("int8 failed the precision gate")
+    assert (bf16.precision, bf16.automatic) == ("bf16", True) and bf16.reason.endswith("int8 failed the precision gate")
+    assert bf16.fallback("no speech").precision == "fp32"
 
 
 def test_auto_keeps_the_gpu_targets_fp32_and_explicit_requests_are_kept() -> None:
@@ -37,6 +48,8 @@ def test_auto_keeps_the_gpu_targets_fp32_and_explicit_requests_are_kept() -> Non
     assert choose_precision("fp32", "cpu", ZEN4).precision == "fp32"
     with pytest.raises(ValueError, match="GPU targets"):
         choose_precision("fp16", "cpu", ZEN4)
+    with pytest.raises(ValueError, match="int8 is for the cpu target"):
+        choose_precision("int8", "gpu", ZEN4)
 
 
 def test_cpu_flags_come_from_proc_cpuinfo(tmp_path: Path) -> None:
@@ -52,6 +65,9 @@ def test_the_emulation_warning_names_the_instructions_and_the_way_out() -> None:
     assert warning is not None and "avx512_bf16" in warning and "--dtype fp32" in warning
     assert emulation_warning("bfloat16", ZEN4) is None
     assert emulation_warning("float32", ICE_LAKE) is None
+    no_vnni = emulation_warning("int8+bfloat16", BF16_ONLY)
+    assert no_vnni is not None and "avx512_vnni" in no_vnni and "avx512_bf16" not in no_vnni
+    assert emulation_warning("int8+bfloat16", ZEN4) is None
 
 
 def clips_of(lengths: Sequence[int]) -> list[FloatArray]:

@@ -44,9 +44,9 @@ def parse_args(argv: Sequence[str] | None, *, description: str | None = None) ->
     )
     parser.add_argument(
         "--dtype",
-        choices=("auto", "fp32", "bf16", "fp16"),
-        help="weights of the exported model.pt (default: fp16 on cuda; on a CPU auto, as `export` picks: bf16 "
-        "where the CPU computes it natively, else fp32)",
+        choices=("auto", "fp32", "bf16", "fp16", "int8"),
+        help="weights of the exported model.pt (default: fp16 on cuda; on a CPU auto, as `export` picks: int8 "
+        "products and bf16 where the CPU computes them natively, bf16 where only that, else fp32)",
     )
     parser.add_argument("--repository", type=Path, help="an exported repository to use instead of exporting one")
     parser.add_argument(

@@ -64,13 +64,15 @@ def _parser() -> argparse.ArgumentParser:
     export.add_argument("--seed", type=int, default=0, help="seed of --random-init weights")
     export.add_argument(
         "--dtype",
-        choices=("auto", "fp32", "bf16", "fp16"),
+        choices=("auto", "fp32", "bf16", "fp16", "int8"),
         default="auto",
-        help="precision of the weights in model.pt (inputs and outputs stay FP32). auto: bf16 for --target cpu "
-        "where this CPU has bf16 instructions (avx512_bf16/amx_bf16), else fp32. bf16 and fp16 must pass a "
-        "precision gate on speech against fp32 eager (max |Δprob| <= 2e-2 bf16, 1e-2 fp16; top-1 agreement "
-        ">= 99%%, alone and in ragged batches): auto falls back to fp32 when they do not, an explicit --dtype "
-        "fails. fp16 is for the GPU targets (traced on CUDA when present)",
+        help="precision of the weights in model.pt (inputs and outputs stay FP32). int8: the encoder's linear "
+        "maps as int8 products (weights rounded by GPTQ on espeak-ng speech), the rest bf16. auto, for --target "
+        "cpu: int8 where this CPU has int8 dot products (avx512_vnni/amx_int8) and bf16 (avx512_bf16/amx_bf16), "
+        "bf16 where it has bf16 only, else fp32. int8, bf16 and fp16 must pass a precision gate on speech "
+        "against fp32 eager (max |Δprob| <= 2e-2 int8 and bf16, 1e-2 fp16; top-1 agreement >= 99%%, alone and "
+        "in ragged batches): auto falls back (int8, bf16, fp32) when they do not, an explicit --dtype fails. "
+        "fp16 is for the GPU targets (traced on CUDA when present)",
     )
     export.add_argument(
         "--gate-audio",

@@ -204,7 +204,8 @@ class ModelDescription:
     batching: BatchingSettings = dataclasses.field(default_factory=BatchingSettings)
     untrained: bool = False
     weights_dtype: str = "float32"
-    """Precision of the classifier's weights (float32, bfloat16, float16); tensors in and out are float32."""
+    """Precision of the classifier's weights (float32, bfloat16, float16, int8+bfloat16: int8 encoder
+    products, the rest bf16); tensors in and out are float32."""
 
     def __post_init__(self) -> None:
         if not self.labels:

@@ -26,6 +26,7 @@ from .description import (
     Target,
     receptive_field,
 )
+from .int8_products import calibrate, with_int8_linears
 from .loading import LoadedModel
 from .precision import (
     GATE_CLIPS,
@@ -57,6 +58,10 @@ __all__ = [
 
 PARITY_TOLERANCE = 1e-4
 """Largest |TorchScript - eager| logit accepted in fp32."""
+CALIBRATION_CLIPS = 16
+"""espeak-ng clips of 1-10 s that int8's weights are rounded on (about 90 s of speech)."""
+CALIBRATION_SEED = 11
+"""Not the gate's seed (synthesise's default)."""
 
 Progress = Callable[[str], None]
 
@@ -126,13 +131,19 @@ def trace(
     device: str = "cpu",
     conv_form: ConvForm = "native",
     max_samples: int = UNLIMITED_SAMPLES,
+    calibration: Sequence[FloatArray] = (),
 ) -> torch.jit.ScriptModule:
     """Trace on `device` with the weights in `dtype` (the eager model itself is left as it is); the
-    served guard answers clips over `max_samples` (the export's maximum duration) with its zero row."""
+    served guard answers clips over `max_samples` (the export's maximum duration) with its zero row.
+    int8 rounds its weights on `calibration` (normalised speech, not the gate's)."""
     model = loaded.model
     if dtype != "fp32":
         model = copy.deepcopy(model)
         nn.Module.to(model, TORCH_DTYPES[dtype])  # in place; transformers' own `to` wrapper confuses mypy
+    if dtype == "int8":
+        if not calibration:
+            raise ValueError("int8 products need calibration speech")
+        with_int8_linears(model, loaded.model, calibrate(loaded.model, calibration))
     wrapper = RaggedEmotionClassifier(model, conv_form).eval().to(device)
     generator = torch.Generator().manual_seed(0)
     lengths = [sample_rate, (sample_rate * 3) // 5]
@@ -233,15 +244,14 @@ def export(
         )
     with tempfile.TemporaryDirectory(prefix="emotion-export-") as scratch:
         artifact = Path(scratch) / "model.pt"
-        if choice.precision == "fp32":
-            provenance, parity = _fp32_artifact(loaded, description, target, choice, check_lengths, artifact, say)
-        else:
-            reduced = _reduced_artifact(loaded, description, target, choice, gate_speech, artifact, say)
-            if isinstance(reduced, PrecisionChoice):  # auto fell back
-                choice = reduced
-                provenance, parity = _fp32_artifact(loaded, description, target, choice, check_lengths, artifact, say)
+        outcome: tuple[Provenance, ParityReport] | PrecisionChoice = choice
+        while isinstance(outcome, PrecisionChoice):  # auto falls back: int8 -> bf16 -> fp32
+            choice = outcome
+            if choice.precision == "fp32":
+                outcome = _fp32_artifact(loaded, description, target, choice, check_lengths, artifact, say)
             else:
-                provenance, parity = reduced
+                outcome = _reduced_artifact(loaded, description, target, choice, gate_speech, artifact, say)
+        provenance, parity = outcome
         description = dataclasses.replace(description, weights_dtype=provenance.dtype)
         say(f"writing the {target} repository to {output}")
         write_repository(output, description, target, artifact=artifact, provenance=provenance)
@@ -321,17 +331,25 @@ def _reduced_artifact(
     artifact: Path,
     say: Progress,
 ) -> tuple[Provenance, ParityReport] | PrecisionChoice:
-    """bf16/fp16: the saved file through the speech gate; a PrecisionChoice of fp32 where `auto` gives up."""
+    """bf16/fp16/int8: the saved file through the speech gate; where `auto` gives up, the PrecisionChoice it
+    tries next (PrecisionChoice.fallback)."""
     precision = choice.precision
     try:
         clips, source = gate_speech or _espeak_gate_speech(description, say)
+        calibration = _calibration_speech(description, say) if precision == "int8" else []
     except SpeechUnavailableError as error:
         if choice.automatic:
-            say(f"warning: no speech for the {precision} precision gate ({error}); exporting fp32 instead")
-            return PrecisionChoice("fp32", f"{choice.reason}, but no speech to gate {precision} on", automatic=True)
+            fallback = choice.fallback(f"no speech to gate {precision} on")
+            say(f"warning: no speech for the {precision} gate ({error}); exporting {fallback.precision} instead")
+            return fallback
         raise ExportError(f"the {precision} precision gate needs speech: {error}") from error
     device = "cuda" if target != "cpu" and torch.cuda.is_available() else "cpu"
     conv_form = conv_form_for(target)
+    if precision == "int8":
+        say(
+            f"rounding the encoder's linear maps to int8 (GPTQ on {len(calibration)} calibration clips: "
+            "about a minute at full size on 2 cores)"
+        )
     say(f"tracing {loaded.source} to TorchScript ({precision} weights, {conv_form} convolutions, on {device})")
     module = trace(
         loaded,
@@ -340,6 +358,7 @@ def _reduced_artifact(
         device=device,
         conv_form=conv_form,
         max_samples=description.max_samples,
+        calibration=calibration,
     )
     module.save(str(artifact))
     strip_source_paths(artifact)
@@ -359,10 +378,10 @@ def _reduced_artifact(
             f"NaN or infinite on some of the {report.clips} speech clips, alone or batched"
         )
         if choice.automatic:
-            say(f"warning: {verdict}; exporting fp32 instead")
-            fallback = f"{choice.reason}, but {precision} failed the precision gate"
-            return PrecisionChoice("fp32", fallback, automatic=True)
-        raise ExportError(f"{verdict}: export with --dtype fp32")
+            fallback = choice.fallback(f"{precision} failed the precision gate")
+            say(f"warning: {verdict}; exporting {fallback.precision} instead")
+            return fallback
+        raise ExportError(f"{verdict}: export with --dtype {'bf16' if precision == 'int8' else 'fp32'}")
     parity = ParityReport(
         (),
         report.max_abs_logit_diff,
@@ -389,6 +408,18 @@ def _espeak_gate_speech(description: ModelDescription, say: Progress) -> GateSpe
     shortest = min(max(1.0, description.min_duration_s), longest)
     clips = synthesise(GATE_CLIPS, sample_rate=description.sample_rate, min_s=shortest, max_s=longest)
     return clips, f"espeak-ng, {len(VOICES)} voices"
+
+
+def _calibration_speech(description: ModelDescription, say: Progress) -> list[FloatArray]:
+    """Speech for int8's weight rounding, drawn with another seed than the gate's clips (other lengths,
+    speeds and pitches), so that the gate does not judge the rounding on the speech it was fitted to."""
+    say(f"synthesising {CALIBRATION_CLIPS} speech clips with espeak-ng to round the int8 weights on")
+    longest = min(10.0, description.max_duration_s)
+    shortest = min(max(1.0, description.min_duration_s), longest)
+    clips = synthesise(
+        CALIBRATION_CLIPS, sample_rate=description.sample_rate, min_s=shortest, max_s=longest, seed=CALIBRATION_SEED
+    )
+    return [normalise(clip, do_normalize=description.do_normalize) for clip in clips]
 
 
 def _gate(

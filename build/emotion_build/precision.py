@@ -20,7 +20,7 @@ import numpy as np
 import torch
 
 from .description import Target
-from .triton_models.cpu_features import native_bf16_flags
+from .triton_models.cpu_features import native_bf16_flags, native_int8_flags
 from .triton_models.ragged import concatenate
 from .triton_models.waveform import FloatArray
 
@@ -40,12 +40,23 @@ __all__ = [
     "run_gate",
 ]
 
-Precision = Literal["fp32", "fp16", "bf16"]
-"""The weights' precision in model.pt; the tensors in and out are float32 either way."""
-PrecisionRequest = Literal["auto", "fp32", "fp16", "bf16"]
-PRECISIONS: tuple[Precision, ...] = ("fp32", "bf16", "fp16")
-TORCH_DTYPES: dict[Precision, torch.dtype] = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
-PROVENANCE_NAMES: dict[Precision, str] = {"fp32": "float32", "fp16": "float16", "bf16": "bfloat16"}
+Precision = Literal["fp32", "fp16", "bf16", "int8"]
+"""The weights' precision in model.pt; the tensors in and out are float32 either way. int8: the
+encoder's linear maps as int8 products (int8_products.py), everything else bf16."""
+PrecisionRequest = Literal["auto", "fp32", "fp16", "bf16", "int8"]
+PRECISIONS: tuple[Precision, ...] = ("fp32", "bf16", "fp16", "int8")
+TORCH_DTYPES: dict[Precision, torch.dtype] = {
+    "fp32": torch.float32,
+    "fp16": torch.float16,
+    "bf16": torch.bfloat16,
+    "int8": torch.bfloat16,  # around the int8 products
+}
+PROVENANCE_NAMES: dict[Precision, str] = {
+    "fp32": "float32",
+    "fp16": "float16",
+    "bf16": "bfloat16",
+    "int8": "int8+bfloat16",
+}
 
 GATE_CLIPS = 40
 """Speech clips of 1-10 s the gate runs (espeak-ng, eight voices, seeded speeds and pitches)."""
@@ -68,8 +79,10 @@ class GateLimits:
 GATE_LIMITS: dict[Precision, GateLimits] = {
     "bf16": GateLimits(max_abs_prob_diff=2e-2, min_top1_agreement=0.99),
     "fp16": GateLimits(max_abs_prob_diff=1e-2, min_top1_agreement=0.99),
+    "int8": GateLimits(max_abs_prob_diff=2e-2, min_top1_agreement=0.99),
 }
-"""bf16 keeps 8 bits of mantissa to fp16's 11: its probabilities move about twice as far."""
+"""bf16 keeps 8 bits of mantissa to fp16's 11: its probabilities move about twice as far. int8
+products must do no worse than the bf16 they replace."""
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -78,24 +91,38 @@ class PrecisionChoice:
     reason: str
     """Why this precision, as export.json records it (asked for, or what `auto` found)."""
     automatic: bool
-    """Chosen by `auto`: a failed gate or missing speech then falls back to fp32 instead of failing."""
+    """Chosen by `auto`: a failed gate or missing speech then falls back (fallback) instead of failing."""
+
+    def fallback(self, why: str) -> PrecisionChoice:
+        """What `auto` tries next when this precision cannot be used: int8 -> bf16 -> fp32."""
+        precision: Precision = "bf16" if self.precision == "int8" else "fp32"
+        return PrecisionChoice(precision, f"{self.reason}, but {why}", automatic=True)
 
 
 def choose_precision(requested: PrecisionRequest, target: Target, cpu_flags: frozenset[str]) -> PrecisionChoice:
-    """`auto`: bf16 for the cpu target where the exporting CPU has bf16 instructions, else fp32.
+    """`auto` for the cpu target: int8 products where the exporting CPU has int8 dot products and bf16
+    instructions, bf16 where it has bf16 only, else fp32.
 
     The GPU targets stay fp32 unless asked: which half precision is faster there is measured on a
     GPU (benchmarks/gpu_run.sh), and fp16 is not native on the CPU that exports them."""
     if requested != "auto":
         if requested == "fp16" and target == "cpu":
             raise ValueError("--dtype fp16 is for the GPU targets (gpu, gpu-python); on a CPU use bf16")
+        if requested == "int8" and target != "cpu":
+            raise ValueError("--dtype int8 is for the cpu target; on a GPU use fp16 or bf16")
         return PrecisionChoice(requested, "asked for (--dtype)", automatic=False)
     if target != "cpu":
         return PrecisionChoice("fp32", "auto: GPU targets export fp32 unless --dtype says otherwise", automatic=True)
     found = native_bf16_flags(cpu_flags)
-    if found:
-        return PrecisionChoice("bf16", f"auto: this CPU computes bf16 natively ({', '.join(found)})", automatic=True)
-    return PrecisionChoice("fp32", "auto: this CPU has no bf16 instructions (avx512_bf16, amx_bf16)", automatic=True)
+    if not found:
+        return PrecisionChoice(
+            "fp32", "auto: this CPU has no bf16 instructions (avx512_bf16, amx_bf16)", automatic=True
+        )
+    int8 = native_int8_flags(cpu_flags)
+    if int8:
+        reason = f"auto: this CPU computes int8 products ({', '.join(int8)}) and bf16 ({', '.join(found)}) natively"
+        return PrecisionChoice("int8", reason, automatic=True)
+    return PrecisionChoice("bf16", f"auto: this CPU computes bf16 natively ({', '.join(found)})", automatic=True)
 
 
 @dataclasses.dataclass(frozen=True, slots=True)

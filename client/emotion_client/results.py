@@ -69,8 +69,9 @@ class ModelInfo:
     embedding_output: str | None = None
     """Name of the FP32 ``[1, width]`` utterance-embedding output; None when the server has none."""
     weights_dtype: str = "float32"
-    """Precision of the served classifier's weights (``float32``, ``bfloat16``, ``float16``); its tensors
-    in and out are FP32 either way. Older repositories do not say, and were float32."""
+    """Precision of the served classifier's weights (``float32``, ``bfloat16``, ``float16``, or
+    ``int8+bfloat16``: int8 products in the encoder, the rest bf16); its tensors in and out are FP32
+    either way. Older repositories do not say, and were float32."""
 
     @property
     def num_classes(self) -> int:

@@ -13,10 +13,19 @@ from __future__ import annotations
 from collections.abc import Iterable
 from pathlib import Path
 
-__all__ = ["NATIVE_BF16_FLAGS", "cpu_flags", "emulation_warning", "native_bf16_flags"]
+__all__ = [
+    "NATIVE_BF16_FLAGS",
+    "NATIVE_INT8_FLAGS",
+    "cpu_flags",
+    "emulation_warning",
+    "native_bf16_flags",
+    "native_int8_flags",
+]
 
 NATIVE_BF16_FLAGS = ("avx512_bf16", "amx_bf16")
 """The /proc/cpuinfo flags of the instructions oneDNN uses for bf16 matrix products."""
+NATIVE_INT8_FLAGS = ("avx512_vnni", "amx_int8")
+"""The flags of the int8 dot-product instructions behind torch._int_mm's fast path on x86."""
 
 
 def cpu_flags(cpuinfo: Path = Path("/proc/cpuinfo")) -> frozenset[str]:
@@ -38,16 +47,26 @@ def native_bf16_flags(flags: Iterable[str]) -> tuple[str, ...]:
     return tuple(flag for flag in NATIVE_BF16_FLAGS if flag in present)
 
 
-def emulation_warning(weights_dtype: str, flags: Iterable[str]) -> str | None:
-    """The warning for bf16 weights on a CPU that would emulate them (None: nothing to say).
+def native_int8_flags(flags: Iterable[str]) -> tuple[str, ...]:
+    """Which of `NATIVE_INT8_FLAGS` are in `flags`; empty: int8 products would run without VNNI."""
+    present = set(flags)
+    return tuple(flag for flag in NATIVE_INT8_FLAGS if flag in present)
 
-    The runner logs it at load and `serve` prints it: the export chose bf16 on a machine that had
-    the instructions, and the one serving may not."""
-    if weights_dtype != "bfloat16" or native_bf16_flags(flags):
+
+def emulation_warning(weights_dtype: str, flags: Iterable[str]) -> str | None:
+    """The warning for bf16 (or int8+bf16) weights on a CPU that would emulate them (None: nothing to say).
+
+    The runner logs it at load and `serve` prints it: the export chose the precision on a machine
+    that had the instructions, and the one serving may not."""
+    missing = []
+    if weights_dtype in ("bfloat16", "int8+bfloat16") and not native_bf16_flags(flags):
+        missing.append(f"no bf16 instructions ({', '.join(NATIVE_BF16_FLAGS)})")
+    if weights_dtype == "int8+bfloat16" and not native_int8_flags(flags):
+        missing.append(f"no int8 dot-product instructions ({', '.join(NATIVE_INT8_FLAGS)})")
+    if not missing:
         return None
     return (
-        "the classifier's weights are bfloat16 but this CPU has no bf16 instructions "
-        f"({', '.join(NATIVE_BF16_FLAGS)}): "
+        f"the classifier's weights are {weights_dtype} but this CPU has {' and '.join(missing)}: "
         "every batch runs emulated, several times slower than fp32; export again on this machine (the default "
-        "picks fp32 there) or with --dtype fp32"
+        "picks what it computes natively) or with --dtype fp32"
     )
