@@ -71,19 +71,28 @@ def speech_clips(tmp_path_factory: pytest.TempPathFactory) -> list[npt.NDArray[n
     return clips
 
 
-def test_served_bf16_matches_eager_fp32_within_the_gate(
-    bf16_server: TritonServer, hf_classifier: tuple[Any, Any], speech_clips: list[npt.NDArray[np.float32]]
-) -> None:
-    with EmotionClient(bf16_server.endpoints.grpc_url, timeout_s=60) as client:
+def served_against_eager(
+    server: TritonServer, hf_classifier: tuple[Any, Any], clips: list[npt.NDArray[np.float32]]
+) -> tuple[str, float]:
+    """The served weights' precision and the largest |Δprob| of the served answers against eager fp32,
+    every clip's label equal to eager's."""
+    with EmotionClient(server.endpoints.grpc_url, timeout_s=60) as client:
         info = client.model_info()
-        results = [client.classify(clip, sample_rate=RATE) for clip in speech_clips]
-    assert info.weights_dtype == "bfloat16"
+        results = [client.classify(clip, sample_rate=RATE) for clip in clips]
     worst = 0.0
-    for clip, result in zip(speech_clips, results, strict=True):
+    for clip, result in zip(clips, results, strict=True):
         expected = eager_probabilities(hf_classifier, clip)
         worst = max(worst, float(np.abs(in_label_order(result, info.labels) - expected).max()))
         assert result.label == info.labels[int(expected.argmax())]
-    print(f"served bf16 vs eager fp32 on {len(speech_clips)} clips: max |Δprob| {worst:.2e}")
+    print(f"served {info.weights_dtype} vs eager fp32 on {len(clips)} clips: max |Δprob| {worst:.2e}")
+    return info.weights_dtype, worst
+
+
+def test_served_bf16_matches_eager_fp32_within_the_gate(
+    bf16_server: TritonServer, hf_classifier: tuple[Any, Any], speech_clips: list[npt.NDArray[np.float32]]
+) -> None:
+    weights_dtype, worst = served_against_eager(bf16_server, hf_classifier, speech_clips)
+    assert weights_dtype == "bfloat16"
     assert 0 < worst <= BF16_LIMIT
 
 
