@@ -49,11 +49,11 @@ from torch import Tensor, nn
 
 from emotion_build import batched_classifier
 from emotion_build.batched_classifier import RaggedEmotionClassifier
-from emotion_build.export import CALIBRATION_CLIPS, CALIBRATION_SEED, conv_form_for
+from emotion_build.export import calibration_speech, conv_form_for
 from emotion_build.int8_products import calibrate, with_int8_linears
 from emotion_build.loading import LoadedModel, random_model
 from emotion_build.precision import TORCH_DTYPES
-from emotion_build.speech import speech_for_measurement, synthesise
+from emotion_build.speech import speech_for_measurement
 from emotion_build.triton_models.heap import keep_freed_memory
 from emotion_build.triton_models.ragged import concatenate
 from emotion_build.triton_models.waveform import FloatArray, normalise
@@ -151,8 +151,7 @@ class PaddedForExport(RaggedEmotionClassifier):
 
 def int8_linears(model: Any, loaded: LoadedModel) -> None:
     """The export's int8 products: GPTQ-rounded on its own calibration speech (not the Δprob clips)."""
-    clips = synthesise(CALIBRATION_CLIPS, sample_rate=RATE, seed=CALIBRATION_SEED)
-    calibration = [normalise(clip, do_normalize=True) for clip in clips]
+    calibration = calibration_speech(RATE, do_normalize=True)
     with_int8_linears(model, loaded.model, calibrate(loaded.model, calibration))
 
 

@@ -25,10 +25,10 @@ import torch
 from speed.context import machine_name
 from speed.sections import REPO_ROOT, write_section
 
-from emotion_build.export import CALIBRATION_CLIPS, CALIBRATION_SEED, conv_form_for, trace
+from emotion_build.export import calibration_speech, conv_form_for, trace
 from emotion_build.loading import load_pretrained, random_model
 from emotion_build.precision import GATE_BATCH_SIZE, Precision, run_gate
-from emotion_build.speech import speech_for_measurement, synthesise
+from emotion_build.speech import speech_for_measurement
 from emotion_build.triton_models.waveform import FloatArray, normalise
 
 RATE = 16000
@@ -49,14 +49,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     cuda = args.device.startswith("cuda")
 
     loaded = load_pretrained(args.model) if args.model else random_model(args.random_init)
-    # Not the export's gate clips (synthesise's default seed) nor its int8 calibration (CALIBRATION_SEED).
+    # Not the export's gate clips (synthesise's default seed) nor its int8 calibration (export.CALIBRATION_SEED).
     raw, source = speech_for_measurement(args.clips, sample_rate=RATE, seed=13, directory=args.speech)
     clips = [normalise(clip, do_normalize=True) for clip in raw]
     conv_form = conv_form_for("gpu" if cuda else "cpu")
-    calibration = []
-    if precision == "int8":
-        calibration_clips = synthesise(CALIBRATION_CLIPS, sample_rate=RATE, seed=CALIBRATION_SEED)
-        calibration = [normalise(clip, do_normalize=True) for clip in calibration_clips]
+    calibration = calibration_speech(RATE, do_normalize=True) if precision == "int8" else []
     module = trace(loaded, RATE, dtype=precision, device=args.device, conv_form=conv_form, calibration=calibration)
     print(
         f"{len(clips)} clips ({source}); {precision} module ({conv_form} convolutions) on {args.device}",

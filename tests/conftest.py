@@ -8,10 +8,14 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+import numpy.typing as npt
 import pytest
 from repositories import export_cpu_repository, export_repository
+from speech import espeak_clips
 from triton_probes import RUNTIMES
 
+from emotion_build.loading import LoadedModel, random_model
 from emotion_build.server import TritonServer
 from emotion_build.triton_install import find_tritonserver
 from emotion_client import EmotionClient
@@ -142,3 +146,21 @@ def client(url: str) -> Iterator[EmotionClient]:
     test_hardening_client_input overrides it with a shorter timeout and the info fetched up front."""
     with EmotionClient(url, timeout_s=60) as sdk:
         yield sdk
+
+
+@pytest.fixture(scope="module")
+def tiny() -> LoadedModel:
+    """A tiny random classifier in memory, for tests that call `export` directly."""
+    return random_model("tiny", seed=5)
+
+
+@pytest.fixture(scope="session")
+def speech_clips(tmp_path_factory: pytest.TempPathFactory) -> list[npt.NDArray[np.float32]]:
+    """Five espeak-ng clips of 0.6-7.5 s at 16 kHz."""
+    return espeak_clips(tmp_path_factory.mktemp("speech"), (0.6, 1.3, 2.7, 4.0, 7.5), sample_rate=16000)
+
+
+@pytest.fixture(scope="session")
+def few_clips(speech_clips: list[npt.NDArray[np.float32]]) -> tuple[list[npt.NDArray[np.float32]], str]:
+    """speech_clips as `export`'s gate_speech: a precision gate that runs in seconds."""
+    return speech_clips, "five espeak-ng clips"

@@ -13,13 +13,12 @@ import numpy.typing as npt
 import pytest
 import torch
 from repositories import export_cpu_repository
-from speech import espeak_clips
 from test_end_to_end import eager_probabilities, in_label_order
 
 import emotion_build.precision
 from emotion_build.description import BatchingSettings, Provenance
 from emotion_build.export import ExportError, describe, export
-from emotion_build.loading import LoadedModel, random_model
+from emotion_build.loading import LoadedModel
 from emotion_build.precision import GATE_LIMITS, GateLimits
 from emotion_build.server import TritonServer
 from emotion_build.triton_models.cpu_features import cpu_flags, native_bf16_flags
@@ -65,12 +64,6 @@ def bf16_server(bf16_repository: Path) -> Iterator[TritonServer]:
         yield server
 
 
-@pytest.fixture(scope="module")
-def speech_clips(tmp_path_factory: pytest.TempPathFactory) -> list[npt.NDArray[np.float32]]:
-    clips = espeak_clips(tmp_path_factory.mktemp("bf16-speech"), (0.6, 1.3, 2.7, 4.0, 7.5), sample_rate=RATE)
-    return clips
-
-
 def served_against_eager(
     server: TritonServer, hf_classifier: tuple[Any, Any], clips: list[npt.NDArray[np.float32]]
 ) -> tuple[str, float]:
@@ -105,19 +98,9 @@ def test_the_runner_reports_whether_bf16_is_emulated_here(bf16_server: TritonSer
     assert ("SLOW:" in bf16_server.log_text()) == emulated
 
 
-@pytest.fixture(scope="module")
-def tiny() -> LoadedModel:
-    return random_model("tiny", seed=5)
-
-
 def export_tiny(tiny: LoadedModel, output: Path, **options: Any) -> Provenance:
     description = describe(tiny, batching=BatchingSettings(), min_duration_s=0.1, max_duration_s=30.0)
     return export(tiny, output, "cpu", description, progress=lambda _: None, **options).provenance
-
-
-@pytest.fixture(scope="module")
-def few_clips(speech_clips: list[npt.NDArray[np.float32]]) -> tuple[list[npt.NDArray[np.float32]], str]:
-    return speech_clips, "five espeak-ng clips"
 
 
 def test_auto_follows_the_exporting_cpu(tiny: LoadedModel, tmp_path: Path, few_clips: Any) -> None:

@@ -7,19 +7,16 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-import numpy.typing as npt
 import pytest
 import torch
 from repositories import export_cpu_repository
-from speech import espeak_clips
 from test_bf16_export import export_tiny, provenance_of, served_against_eager
 from torch import nn
 
 import emotion_build.precision
 from emotion_build.export import ExportError
 from emotion_build.int8_products import Int8Linear, gptq_round
-from emotion_build.loading import LoadedModel, random_model
+from emotion_build.loading import LoadedModel
 from emotion_build.precision import GATE_LIMITS, GateLimits
 from emotion_build.server import TritonServer
 
@@ -65,17 +62,6 @@ def test_an_int8_products_row_does_not_depend_on_its_batch() -> None:
         reference = linear(frames.float())
     relative = (together.float() - reference).abs().max() / reference.abs().max()
     assert together.dtype == torch.bfloat16 and float(relative) < 0.03
-
-
-@pytest.fixture(scope="module")
-def tiny() -> LoadedModel:
-    return random_model("tiny", seed=5)
-
-
-@pytest.fixture(scope="module")
-def few_clips(tmp_path_factory: pytest.TempPathFactory) -> tuple[list[npt.NDArray[np.float32]], str]:
-    clips = espeak_clips(tmp_path_factory.mktemp("int8-speech"), (0.6, 1.3, 2.7, 4.0, 7.5), sample_rate=RATE)
-    return clips, "five espeak-ng clips"
 
 
 def test_auto_takes_int8_where_the_cpu_has_vnni_and_records_its_gate(

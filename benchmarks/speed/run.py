@@ -19,6 +19,7 @@ from tritonclient.utils import InferenceServerException
 from emotion_build.description import BatchingSettings, Provenance, Target
 from emotion_build.export import describe, export
 from emotion_build.loading import LoadedModel, load_pretrained, random_model
+from emotion_build.precision import PROVENANCE_NAMES
 from emotion_build.server_errors import ServerError
 from emotion_build.triton_models.heap import keep_freed_memory
 
@@ -272,7 +273,7 @@ def measured_arithmetic(bench: Bench, device: str) -> Arithmetic:
         for w in bench.workloads
     }
     # int8+bfloat16 is set against the bf16 peak: its int8 products run faster, so it may pass 100 %.
-    served = {"int8+bfloat16": "bfloat16"}.get(bench.provenance.dtype, bench.provenance.dtype)
+    served = {PROVENANCE_NAMES["int8"]: PROVENANCE_NAMES["bf16"]}.get(bench.provenance.dtype, bench.provenance.dtype)
     precision = {"hf": "float32", "hf_batch": "float32", "hf_bf16": "bfloat16"}
     precision |= {system: served for system in ("torchscript", "torchscript_1t", "served", "sdk")}
     return Arithmetic(peaks, flops, precision)

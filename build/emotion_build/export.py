@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import functools
 import math
 import sys
 import tempfile
@@ -29,6 +30,7 @@ from .description import (
 from .int8_products import calibrate, with_int8_linears
 from .loading import LoadedModel
 from .precision import (
+    FALLBACKS,
     GATE_CLIPS,
     PROVENANCE_NAMES,
     TORCH_DTYPES,
@@ -49,6 +51,7 @@ __all__ = [
     "PARITY_TOLERANCE",
     "ExportError",
     "ExportResult",
+    "calibration_speech",
     "check_parity",
     "conv_form_for",
     "describe",
@@ -244,13 +247,15 @@ def export(
         )
     with tempfile.TemporaryDirectory(prefix="emotion-export-") as scratch:
         artifact = Path(scratch) / "model.pt"
+        # Synthesised once, however many precisions `auto` tries on it.
+        speech = functools.cache(lambda: gate_speech or _espeak_gate_speech(description, say))
         outcome: tuple[Provenance, ParityReport] | PrecisionChoice = choice
         while isinstance(outcome, PrecisionChoice):  # auto falls back: int8 -> bf16 -> fp32
             choice = outcome
             if choice.precision == "fp32":
                 outcome = _fp32_artifact(loaded, description, target, choice, check_lengths, artifact, say)
             else:
-                outcome = _reduced_artifact(loaded, description, target, choice, gate_speech, artifact, say)
+                outcome = _reduced_artifact(loaded, description, target, choice, speech, artifact, say)
         provenance, parity = outcome
         description = dataclasses.replace(description, weights_dtype=provenance.dtype)
         say(f"writing the {target} repository to {output}")
@@ -327,7 +332,7 @@ def _reduced_artifact(
     description: ModelDescription,
     target: Target,
     choice: PrecisionChoice,
-    gate_speech: GateSpeech | None,
+    gate_speech: Callable[[], GateSpeech],
     artifact: Path,
     say: Progress,
 ) -> tuple[Provenance, ParityReport] | PrecisionChoice:
@@ -335,7 +340,7 @@ def _reduced_artifact(
     tries next (PrecisionChoice.fallback)."""
     precision = choice.precision
     try:
-        clips, source = gate_speech or _espeak_gate_speech(description, say)
+        clips, source = gate_speech()
         calibration = _calibration_speech(description, say) if precision == "int8" else []
     except SpeechUnavailableError as error:
         if choice.automatic:
@@ -381,7 +386,7 @@ def _reduced_artifact(
             fallback = choice.fallback(f"{precision} failed the precision gate")
             say(f"warning: {verdict}; exporting {fallback.precision} instead")
             return fallback
-        raise ExportError(f"{verdict}: export with --dtype {'bf16' if precision == 'int8' else 'fp32'}")
+        raise ExportError(f"{verdict}: export with --dtype {FALLBACKS[precision]}")
     parity = ParityReport(
         (),
         report.max_abs_logit_diff,
@@ -402,24 +407,35 @@ def _reduced_artifact(
     return provenance, parity
 
 
+def _speech_range_s(description: ModelDescription) -> tuple[float, float]:
+    """1-10 s, within the clip lengths the export accepts."""
+    longest = min(10.0, description.max_duration_s)
+    return min(max(1.0, description.min_duration_s), longest), longest
+
+
 def _espeak_gate_speech(description: ModelDescription, say: Progress) -> GateSpeech:
     say(f"synthesising {GATE_CLIPS} speech clips of 1-10 s with espeak-ng for the precision gate")
-    longest = min(10.0, description.max_duration_s)
-    shortest = min(max(1.0, description.min_duration_s), longest)
+    shortest, longest = _speech_range_s(description)
     clips = synthesise(GATE_CLIPS, sample_rate=description.sample_rate, min_s=shortest, max_s=longest)
     return clips, f"espeak-ng, {len(VOICES)} voices"
 
 
+def calibration_speech(
+    sample_rate: int, *, do_normalize: bool, min_s: float = 1.0, max_s: float = 10.0
+) -> list[FloatArray]:
+    """Speech for int8's weight rounding, normalised as the server feeds it, drawn with another seed than
+    the gate's clips (other lengths, speeds and pitches), so that the gate does not judge the rounding
+    on the speech it was fitted to."""
+    clips = synthesise(CALIBRATION_CLIPS, sample_rate=sample_rate, min_s=min_s, max_s=max_s, seed=CALIBRATION_SEED)
+    return [normalise(clip, do_normalize=do_normalize) for clip in clips]
+
+
 def _calibration_speech(description: ModelDescription, say: Progress) -> list[FloatArray]:
-    """Speech for int8's weight rounding, drawn with another seed than the gate's clips (other lengths,
-    speeds and pitches), so that the gate does not judge the rounding on the speech it was fitted to."""
     say(f"synthesising {CALIBRATION_CLIPS} speech clips with espeak-ng to round the int8 weights on")
-    longest = min(10.0, description.max_duration_s)
-    shortest = min(max(1.0, description.min_duration_s), longest)
-    clips = synthesise(
-        CALIBRATION_CLIPS, sample_rate=description.sample_rate, min_s=shortest, max_s=longest, seed=CALIBRATION_SEED
+    shortest, longest = _speech_range_s(description)
+    return calibration_speech(
+        description.sample_rate, do_normalize=description.do_normalize, min_s=shortest, max_s=longest
     )
-    return [normalise(clip, do_normalize=description.do_normalize) for clip in clips]
 
 
 def _gate(

@@ -25,6 +25,7 @@ from .triton_models.ragged import concatenate
 from .triton_models.waveform import FloatArray
 
 __all__ = [
+    "FALLBACKS",
     "GATE_BATCH_SIZE",
     "GATE_CLIPS",
     "GATE_LIMITS",
@@ -57,6 +58,9 @@ PROVENANCE_NAMES: dict[Precision, str] = {
     "bf16": "bfloat16",
     "int8": "int8+bfloat16",
 }
+
+FALLBACKS: dict[Precision, Precision] = {"int8": "bf16", "bf16": "fp32", "fp16": "fp32", "fp32": "fp32"}
+"""The precision `auto` tries when one cannot be used, and the one an explicit failure suggests."""
 
 GATE_CLIPS = 40
 """Speech clips of 1-10 s the gate runs (espeak-ng, eight voices, seeded speeds and pitches)."""
@@ -95,8 +99,7 @@ class PrecisionChoice:
 
     def fallback(self, why: str) -> PrecisionChoice:
         """What `auto` tries next when this precision cannot be used: int8 -> bf16 -> fp32."""
-        precision: Precision = "bf16" if self.precision == "int8" else "fp32"
-        return PrecisionChoice(precision, f"{self.reason}, but {why}", automatic=True)
+        return PrecisionChoice(FALLBACKS[self.precision], f"{self.reason}, but {why}", automatic=True)
 
 
 def choose_precision(requested: PrecisionRequest, target: Target, cpu_flags: frozenset[str]) -> PrecisionChoice:

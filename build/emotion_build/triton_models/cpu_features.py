@@ -43,14 +43,17 @@ def cpu_flags(cpuinfo: Path = Path("/proc/cpuinfo")) -> frozenset[str]:
 
 def native_bf16_flags(flags: Iterable[str]) -> tuple[str, ...]:
     """Which of `NATIVE_BF16_FLAGS` are in `flags`; empty: bf16 would be emulated."""
-    present = set(flags)
-    return tuple(flag for flag in NATIVE_BF16_FLAGS if flag in present)
+    return _present(NATIVE_BF16_FLAGS, flags)
 
 
 def native_int8_flags(flags: Iterable[str]) -> tuple[str, ...]:
     """Which of `NATIVE_INT8_FLAGS` are in `flags`; empty: int8 products would run without VNNI."""
+    return _present(NATIVE_INT8_FLAGS, flags)
+
+
+def _present(wanted: tuple[str, ...], flags: Iterable[str]) -> tuple[str, ...]:
     present = set(flags)
-    return tuple(flag for flag in NATIVE_INT8_FLAGS if flag in present)
+    return tuple(flag for flag in wanted if flag in present)
 
 
 def emulation_warning(weights_dtype: str, flags: Iterable[str]) -> str | None:
