@@ -17,7 +17,7 @@ def export_repository(model_dir: Path, output: Path, target: str, *options: str)
     """A repository of `target` (gpu with --classifier-on-cpu: the libtorch classifier on this CPU).
 
     fp32 unless the options say otherwise: the tests compare served answers with eager HF to 1e-4,
-    which only fp32 keeps (the default `auto` takes bf16 on CPUs that have it)."""
+    which only fp32 keeps (the default `auto` takes int8 or bf16 on CPUs that have them)."""
     if "--dtype" not in options:
         options = ("--dtype", "fp32", *options)
     subprocess.run(
@@ -39,3 +39,21 @@ def export_repository(model_dir: Path, output: Path, target: str, *options: str)
         capture_output=True,
     )
     return output
+
+
+def refused_export(output: Path, *arguments: str, timeout_s: float) -> str:
+    """`export` (offline) with `arguments`, which must fail with exit status 2, one line on stderr and
+    no traceback, and write nothing to `output`: that line."""
+    result = subprocess.run(
+        [sys.executable, "-m", "emotion_build", "export", *arguments, "--output", str(output)],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "HF_HUB_OFFLINE": "1"},
+        timeout=timeout_s,
+    )
+    assert result.returncode == 2, result.stderr
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1, result.stderr
+    assert "Traceback" not in result.stderr
+    assert not output.exists()
+    return lines[0]
