@@ -92,7 +92,8 @@ def test_served_bf16_matches_eager_fp32_within_the_gate(
 def test_the_runner_reports_whether_bf16_is_emulated_here(bf16_server: TritonServer) -> None:
     with urllib.request.urlopen(bf16_server.endpoints.metrics_url, timeout=10) as response:
         metrics = response.read().decode()
-    (line,) = [row for row in metrics.splitlines() if row.startswith("emotion_classifier_bf16_emulated{")]
+    (line,) = [row for row in metrics.splitlines() if row.startswith("emotion_classifier_precision_emulated{")]
+    assert 'weights_dtype="bfloat16"' in line
     emulated = not native_bf16_flags(cpu_flags())
     assert line.endswith(" 1" if emulated else " 0")
     assert ("SLOW:" in bf16_server.log_text()) == emulated

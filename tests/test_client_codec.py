@@ -18,6 +18,7 @@ from emotion_client import (
     LabelScore,
     ModelInfo,
     ModelNotReadyError,
+    NoAnswerError,
     RequestTimeoutError,
     ServerError,
     ServerUnavailableError,
@@ -185,7 +186,7 @@ def test_decode_rejects_bad_top_k(top_k: Any) -> None:
 
 
 def test_decode_rejects_wrong_class_count() -> None:
-    with pytest.raises(ServerError, match="returned 3 probabilities"):
+    with pytest.raises(codec.ModelChangedError, match="returned 3 probabilities"):
         codec.decode_classification(np.array([[0.2, 0.3, 0.5]]), make_info())
 
 
@@ -247,8 +248,55 @@ def test_build_inputs_rejects_multidimensional_samples() -> None:
         codec.build_inputs(np.zeros((2, 3), dtype=np.float32), make_info())
 
 
-def test_build_outputs_requests_only_probabilities() -> None:
-    assert [o.name() for o in codec.build_outputs(make_info())] == ["PROBABILITIES"]
+def test_build_outputs_asks_the_logits_labelled_by_the_answering_model() -> None:
+    outputs = codec.build_outputs(make_info())
+    assert [o.name() for o in outputs] == ["PROBABILITIES", "LOGITS"]
+    assert outputs[1]._output.parameters["classification"].int64_param == 4
+
+
+class Answer:
+    """The two outputs of a classify response, as tritonclient's InferResult hands them out."""
+
+    def __init__(self, probabilities: list[float], classes: list[bytes]) -> None:
+        self.outputs = {"PROBABILITIES": np.array([probabilities], np.float32), "LOGITS": np.array([classes])}
+
+    def as_numpy(self, name: str) -> Any:
+        return self.outputs.get(name)
+
+
+def test_an_answer_is_labelled_by_the_model_that_gave_it() -> None:
+    info = make_info()  # neu hap ang sad
+    same = Answer([0.1, 0.2, 0.6, 0.1], [b"2.1:2:ang", b"0.5:1:hap", b"0.1:0:neu", b"0.1:3:sad"])
+    result, relabelled = codec.decode_answer(same, info)
+    assert (result.label, relabelled) == ("ang", False)
+    reordered = Answer([0.1, 0.2, 0.6, 0.1], [b"2.1:2:neu", b"0.5:1:sad", b"0.1:0:hap", b"0.1:3:ang"])
+    result, relabelled = codec.decode_answer(reordered, info)
+    assert (result.label, relabelled) == ("neu", True)
+    assert [s.label for s in result.scores] == ["neu", "sad", "hap", "ang"]
+    old_repository = Answer([0.1, 0.2, 0.6, 0.1], [b"2.1:2", b"0.5:1", b"0.1:0", b"0.1:3"])
+    assert codec.decode_answer(old_repository, info) == (
+        codec.decode_classification(same.outputs["PROBABILITIES"], info),
+        False,
+    )
+    more_classes = Answer([0.1, 0.2, 0.1, 0.1, 0.5], [b"2:4:x", b"1:1:hap", b"0:0:neu", b"0:3:sad"])
+    with pytest.raises(codec.ModelChangedError, match=r"classes \[0, 1, 3, 4\]"):
+        codec.decode_answer(more_classes, info)
+
+
+def test_the_no_answer_row_is_no_classification() -> None:
+    with pytest.raises(NoAnswerError, match=r"no answer for this clip.*all zeros"):
+        codec.decode_classification(np.zeros((1, 4), np.float32), make_info())
+    with pytest.raises(NoAnswerError):
+        codec.decode_embedding(np.zeros((1, 8), np.float32), np.zeros((1, 4), np.float32), make_info())
+    with pytest.raises(ServerError, match=r"sum to 0\.5"):
+        codec.decode_classification(np.array([[0.1, 0.1, 0.2, 0.1]]), make_info())
+    embedding = codec.decode_embedding(np.ones((1, 8), np.float32), np.full((1, 4), 0.25), make_info())
+    assert embedding.shape == (8,)
+    assert issubclass(NoAnswerError, InvalidAudioError)
+    refused = InferenceServerException(
+        "the classifier has no answer for this clip: the model computed NaN", status="StatusCode.INVALID_ARGUMENT"
+    )
+    assert type(from_triton_error(refused, model_name="emotion")) is NoAnswerError
 
 
 @pytest.mark.parametrize("timeout_s", [0, -1.0, float("inf"), float("nan")])

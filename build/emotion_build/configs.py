@@ -17,7 +17,6 @@ from .description import (
     ENSEMBLE_MODEL,
     LABELS_FILE,
     PREPROCESS_MODEL,
-    PROBABILITIES_OUTPUT,
     TARGETS,
     WAVEFORM,
     WAVEFORM_ENDS,
@@ -41,7 +40,9 @@ def _class_outputs(config: mc.ModelConfig, description: ModelDescription, *, wit
     for name in CLASSIFIER_OUTPUTS:
         width = description.embedding_size if name == EMBEDDING_OUTPUT else len(description.labels)
         output = config.output.add(name=name, data_type=mc.TYPE_FP32, dims=[width])
-        if with_labels and name == PROBABILITIES_OUTPUT:
+        if with_labels and name != EMBEDDING_OUTPUT:
+            # Triton's classification extension labels each answer from the model that computed it:
+            # the SDK asks it of the logits and keeps the probabilities exact.
             output.label_filename = LABELS_FILE
 
 

@@ -27,7 +27,7 @@ from .description import (
     Target,
     receptive_field,
 )
-from .int8_products import calibrate, with_int8_linears
+from .int8_products import calibrate, unchecked, with_int8_linears
 from .loading import LoadedModel
 from .precision import (
     FALLBACKS,
@@ -159,7 +159,9 @@ def trace(
         traced: torch.jit.ScriptModule = torch.jit.trace(  # type: ignore[no-untyped-call]
             wrapper, (flat, ends), check_trace=False
         )
-        return serve_form(traced, loaded.model.config, max_samples=max_samples)
+        guarded = serve_form(traced, loaded.model.config, max_samples=max_samples)
+        unchecked(guarded)  # tracing ran the int8 products here; the saved file checks them where it is loaded
+        return guarded
 
 
 def check_parity(

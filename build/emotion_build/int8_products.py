@@ -19,15 +19,23 @@ The export gates the result on speech like any reduced precision (precision.run_
 from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 from torch import Tensor, nn
 
 from .families import backbone, family_of
+from .triton_models.cpu_features import int8_layers
 from .triton_models.waveform import FloatArray
 
-__all__ = ["ENCODER_LINEARS", "Int8Linear", "calibrate", "gptq_round", "with_int8_linears"]
+__all__ = [
+    "ENCODER_LINEARS",
+    "Int8Linear",
+    "calibrate",
+    "gptq_round",
+    "unchecked",
+    "with_int8_linears",
+]
 
 ENCODER_LINEARS: dict[str, tuple[str, ...]] = {
     "attention": ("q_proj", "k_proj", "v_proj", "out_proj"),
@@ -42,25 +50,81 @@ BLOCK = 128
 """Columns rounded together before their errors reach the rest (the result is the same for any block)."""
 
 
+UNCHECKED = 0
+INT8_KERNELS = 1
+FLOAT32_PRODUCTS = 2
+"""How an Int8Linear computes its products (its `products` buffer): not yet checked on this CPU, with
+torch._int_mm, or as float32 products of the same int8 levels (where _int_mm is not exact)."""
+
+
 class Int8Linear(nn.Module):
-    """nn.Linear with its weight as int8 per output channel; the output in the module's precision."""
+    """nn.Linear with its weight as int8 per output channel; the output in the module's precision.
+
+    Scripted, so that its choice of product survives tracing: on a CPU without int8 dot-product
+    instructions (VNNI, AMX) oneDNN multiplies int8 by pairs of 16-bit sums that saturate, and
+    `torch._int_mm` is wrong by up to millions (AVX2, AVX512_CORE). `check_products` finds out on
+    the CPU the module runs on, against the exact answer, before the first product: the runner
+    calls it at load, and forward() calls it itself for any other loader (Triton's libtorch
+    backend). Where the kernels are not exact, the same int8 levels are multiplied in float32:
+    every partial sum of a 768-wide row is an integer below 2**24, exact in float32, and a 3072-wide
+    one rounds only past 2**24, by 6e-8 of itself, so the answers are the exported ones, slower.
+    The check's verdict lives in the `products` buffer; the export saves it unchecked (`unchecked`)."""
+
+    # TorchScript reads no globals, only the module's constants.
+    __constants__: ClassVar[list[str]] = ["levels", "unchecked", "int8_kernels", "float32_products"]
 
     def __init__(self, rounded: Tensor, scale: Tensor, bias: Tensor | None, dtype: torch.dtype) -> None:
         super().__init__()
+        self.levels, self.unchecked = LEVELS, UNCHECKED
+        self.int8_kernels, self.float32_products = INT8_KERNELS, FLOAT32_PRODUCTS
         self.register_buffer("weight_t", rounded.to(torch.int8).t())
         self.register_buffer("weight_scale", scale.float())
         self.register_buffer("bias", torch.zeros_like(scale).float() if bias is None else bias.detach().float())
+        self.register_buffer("products", torch.tensor(UNCHECKED, dtype=torch.int8))
         self.dtype = dtype
 
-    def forward(self, hidden: Tensor) -> Tensor:
-        rows = hidden.reshape(-1, hidden.shape[-1]).float()
-        scale = rows.abs().amax(1, keepdim=True).clamp_min(1e-12) / LEVELS
+    @torch.jit.export
+    def check_products(self) -> bool:
+        """Whether torch._int_mm is exact on this CPU for this layer's shape; the forward then uses it
+        or float32 products. Operands of +127 saturate a 16-bit pair sum fastest (2 x 255 x 127 after
+        oneDNN's shift to unsigned); their exact product is known without multiplying."""
         weight: Tensor = self.weight_t  # type: ignore[assignment]
-        products = torch._int_mm(torch.round(rows / scale).to(torch.int8), weight)
+        inputs, outputs = weight.shape[0], weight.shape[1]
+        probe = torch.full([1, inputs], self.levels, dtype=torch.int8)
+        sums = torch._int_mm(probe, torch.full([inputs, outputs], self.levels, dtype=torch.int8))
+        exact = bool((sums == self.levels * self.levels * inputs).all())
+        products: Tensor = self.products  # type: ignore[assignment]
+        products.fill_(self.int8_kernels if exact else self.float32_products)
+        return exact
+
+    def forward(self, hidden: Tensor) -> Tensor:
+        if hidden.device.type != "cpu":
+            raise RuntimeError(
+                "this classifier's int8 products run on a CPU only (torch._int_mm); export the GPU targets "
+                "with --dtype fp16, bf16 or fp32"
+            )
+        products: Tensor = self.products  # type: ignore[assignment]
+        if int(products) == self.unchecked:
+            self.check_products()
+        rows = hidden.reshape(-1, hidden.shape[-1]).float()
+        scale = rows.abs().amax(1, keepdim=True).clamp_min(1e-12) / self.levels
+        levels = torch.round(rows / scale).to(torch.int8)
+        weight: Tensor = self.weight_t  # type: ignore[assignment]
+        if int(products) == self.int8_kernels:
+            sums = torch._int_mm(levels, weight).float()
+        else:
+            sums = torch.mm(levels.float(), weight.float())
         weight_scale: Tensor = self.weight_scale  # type: ignore[assignment]
         bias: Tensor = self.bias  # type: ignore[assignment]
-        out = torch.addcmul(bias, products.float() * scale, weight_scale)
-        return out.to(self.dtype).reshape(*hidden.shape[:-1], -1)
+        out = torch.addcmul(bias, sums * scale, weight_scale)
+        return out.to(self.dtype).reshape(list(hidden.shape[:-1]) + [-1])  # noqa: RUF005 (TorchScript)
+
+
+def unchecked(module: Any) -> None:
+    """Forget where `module`'s int8 products were checked (tracing runs forward() once): the saved file
+    must check them again on the CPU that loads it."""
+    for layer in int8_layers(module):
+        layer.products.fill_(UNCHECKED)
 
 
 def _linears(model: Any) -> Iterator[tuple[str, nn.Module, str]]:
@@ -141,4 +205,4 @@ def with_int8_linears(model: Any, fp32_model: Any, moments: dict[str, Tensor]) -
     for (key, block, name), (_, fp32_block, _) in zip(_linears(model), _linears(fp32_model), strict=True):
         fp32_linear: nn.Linear = getattr(fp32_block, name)
         levels, scale = gptq_round(fp32_linear.weight, moments[key])
-        setattr(block, name, Int8Linear(levels, scale, fp32_linear.bias, dtype))
+        setattr(block, name, torch.jit.script(Int8Linear(levels, scale, fp32_linear.bias, dtype)))

@@ -115,7 +115,7 @@ class AsyncEmotionClient:
         return self._core.model_name
 
     async def model_info(self, *, timeout_s: float | None = None) -> ModelInfo:
-        """Return the ensemble's labels, rate, tensor names and limits, fetched once per client."""
+        """The ensemble's labels, rate, tensor names and limits; as ``EmotionClient.model_info``."""
         self._open_channels()
         if self._info_lock is None:
             self._info_lock = asyncio.Lock()
@@ -147,18 +147,35 @@ class AsyncEmotionClient:
         """Classify one clip; arguments and result as in ``EmotionClient.classify``."""
         codec.validate_top_k(top_k)
         codec.validate_timeout_s(timeout_s)
-        info = await self.model_info(timeout_s=timeout_s)
-        samples = await asyncio.to_thread(codec.prepare_audio, audio, sample_rate, info)
-        inputs = codec.build_inputs(samples, info)
-        outputs = codec.build_outputs(info)
-        started = time.perf_counter()
-        response = await self._infer(inputs, outputs, timeout_s=timeout_s)
-        _LOGGER.debug(
-            "classified %.2f s of audio in %.1f ms",
-            samples.shape[0] / info.sample_rate,
-            (time.perf_counter() - started) * 1000.0,
-        )
-        return codec.decode_classification(response.as_numpy(info.probabilities_output), info, top_k=top_k)
+        for attempt in range(2):
+            info = await self.model_info(timeout_s=timeout_s)
+            samples = await asyncio.to_thread(codec.prepare_audio, audio, sample_rate, info)
+            started = time.perf_counter()
+            response = await self._infer(
+                codec.build_inputs(samples, info), codec.build_outputs(info), timeout_s=timeout_s
+            )
+            _LOGGER.debug(
+                "classified %.2f s of audio in %.1f ms",
+                samples.shape[0] / info.sample_rate,
+                (time.perf_counter() - started) * 1000.0,
+            )
+            try:
+                result, relabelled = codec.decode_answer(response, info, top_k=top_k)
+            except codec.ModelChangedError:
+                if attempt:
+                    raise
+                self._forget_info(info)  # another number of classes: read the model again and resend
+                continue
+            if relabelled:
+                self._forget_info(info)
+            return result
+        raise AssertionError("unreachable")
+
+    def _forget_info(self, info: ModelInfo) -> None:
+        """The next call reads the model's description again (unless another coroutine already did)."""
+        if self._info is info:
+            _LOGGER.info("model '%s' was replaced on the server; reading it again", info.model_name)
+            self._info = None
 
     async def embed(
         self, audio: AudioSource, sample_rate: int = DEFAULT_SAMPLE_RATE, *, timeout_s: float | None = None
@@ -170,7 +187,9 @@ class AsyncEmotionClient:
         samples = await asyncio.to_thread(codec.prepare_audio, audio, sample_rate, info)
         inputs = codec.build_inputs(samples, info)
         response = await self._infer(inputs, outputs, timeout_s=timeout_s)
-        return codec.decode_embedding(response.as_numpy(info.embedding_output), info)
+        return codec.decode_embedding(
+            response.as_numpy(info.embedding_output), response.as_numpy(info.probabilities_output), info
+        )
 
     async def classify_timeline(
         self,

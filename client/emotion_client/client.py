@@ -129,7 +129,8 @@ class EmotionClient:
         return self._core.model_name
 
     def model_info(self, *, timeout_s: float | None = None) -> ModelInfo:
-        """Return the ensemble's labels, rate, tensor names and limits, fetched once per client."""
+        """Return the ensemble's labels, rate, tensor names and limits, fetched on first use and again
+        after an answer shows the model was replaced (its labels or classes changed)."""
         self._ensure_open()
         with self._info_lock:
             if self._info is None:
@@ -147,6 +148,13 @@ class EmotionClient:
                 self._info = codec.parse_model_info(config, model_name=core.model_name)
                 _LOGGER.debug("loaded %s", self._info)
             return self._info
+
+    def _forget_info(self, info: ModelInfo) -> None:
+        """The next call reads the model's description again (unless another thread already did)."""
+        with self._info_lock:
+            if self._info is info:
+                _LOGGER.info("model '%s' was replaced on the server; reading it again", info.model_name)
+                self._info = None
 
     def classify(
         self,
@@ -166,18 +174,28 @@ class EmotionClient:
         """
         codec.validate_top_k(top_k)
         codec.validate_timeout_s(timeout_s)
-        info = self.model_info(timeout_s=timeout_s)
-        samples = codec.prepare_audio(audio, sample_rate, info)
-        inputs = codec.build_inputs(samples, info)
-        outputs = codec.build_outputs(info)
-        started = time.perf_counter()
-        response = self._infer(inputs, outputs, timeout_s=timeout_s)
-        _LOGGER.debug(
-            "classified %.2f s of audio in %.1f ms",
-            samples.shape[0] / info.sample_rate,
-            (time.perf_counter() - started) * 1000.0,
-        )
-        return codec.decode_classification(response.as_numpy(info.probabilities_output), info, top_k=top_k)
+        for attempt in range(2):
+            info = self.model_info(timeout_s=timeout_s)
+            samples = codec.prepare_audio(audio, sample_rate, info)
+            started = time.perf_counter()
+            inputs, outputs = codec.build_inputs(samples, info), codec.build_outputs(info)
+            response = self._infer(inputs, outputs, timeout_s=timeout_s)
+            _LOGGER.debug(
+                "classified %.2f s of audio in %.1f ms",
+                samples.shape[0] / info.sample_rate,
+                (time.perf_counter() - started) * 1000.0,
+            )
+            try:
+                result, relabelled = codec.decode_answer(response, info, top_k=top_k)
+            except codec.ModelChangedError:
+                if attempt:
+                    raise
+                self._forget_info(info)  # another number of classes: read the model again and resend
+                continue
+            if relabelled:
+                self._forget_info(info)
+            return result
+        raise AssertionError("unreachable")
 
     def embed(
         self, audio: AudioSource, sample_rate: int = DEFAULT_SAMPLE_RATE, *, timeout_s: float | None = None
@@ -192,7 +210,9 @@ class EmotionClient:
         outputs = codec.build_embedding_outputs(info)
         inputs = codec.build_inputs(codec.prepare_audio(audio, sample_rate, info), info)
         response = self._infer(inputs, outputs, timeout_s=timeout_s)
-        return codec.decode_embedding(response.as_numpy(info.embedding_output), info)
+        return codec.decode_embedding(
+            response.as_numpy(info.embedding_output), response.as_numpy(info.probabilities_output), info
+        )
 
     def classify_timeline(
         self,

@@ -17,17 +17,21 @@ import numpy.typing as npt
 from tritonclient.grpc import InferInput, InferRequestedOutput  # type: ignore[import-untyped, unused-ignore]
 
 from .audio import AudioSource, load_audio
-from .errors import IncompatibleModelError, InvalidAudioError, ServerError
+from .errors import IncompatibleModelError, InvalidAudioError, NoAnswerError, ServerError
 from .results import Classification, LabelScore, ModelInfo
 
 __all__ = [
+    "ModelChangedError",
     "build_embedding_outputs",
     "build_inputs",
     "build_outputs",
+    "check_answered",
+    "decode_answer",
     "decode_classification",
     "decode_embedding",
     "parse_model_info",
     "prepare_audio",
+    "served_labels",
     "validate_duration",
     "validate_timeline",
     "validate_timeout_s",
@@ -36,6 +40,13 @@ __all__ = [
 
 _AUDIO_DATATYPE = "FP32"
 """Wire dtype of the audio tensor; the ensemble declares TYPE_FP32."""
+_SUM_TOLERANCE = 1e-3
+"""How far an answer's probabilities may sum from 1 (float32 softmax sums to 1 within about 1e-6)."""
+
+
+class ModelChangedError(ServerError):
+    """The server answered with another number of classes than the model description the client holds:
+    the model was replaced since. The clients read the description again and resend once."""
 
 
 def parse_model_info(config: Mapping[str, Any], *, model_name: str) -> ModelInfo:
@@ -207,27 +218,85 @@ def build_inputs(samples: npt.NDArray[np.float32], info: ModelInfo) -> list[Infe
 
 
 def build_outputs(info: ModelInfo) -> list[InferRequestedOutput]:
-    """Request only the probabilities, so logits are not shipped back for nothing."""
-    return [InferRequestedOutput(info.probabilities_output)]
+    """The probabilities, and the logits through Triton's classification extension: each class's
+    index with the label the answering model's config gives it (``value:index:label``), so an answer
+    is labelled by the model version that computed it, not by what this client read earlier."""
+    return [
+        InferRequestedOutput(info.probabilities_output),
+        InferRequestedOutput(info.logits_output, class_count=info.num_classes),
+    ]
+
+
+def served_labels(classes: npt.NDArray[Any] | None, info: ModelInfo) -> tuple[str, ...] | None:
+    """The labels of class 0..n-1 as the answer's classification strings give them; None where they carry
+    no labels (a repository exported before the logits had a label file, or an answer without them).
+
+    Raises ``ModelChangedError`` when the indices are not those of ``info``'s classes."""
+    if classes is None:
+        return None
+    by_index: dict[int, str] = {}
+    for entry in np.asarray(classes).reshape(-1):
+        text = entry.decode("utf-8", "replace") if isinstance(entry, bytes) else str(entry)
+        parts = text.split(":", 2)
+        if len(parts) < 3:
+            return None
+        try:
+            index = int(parts[1])
+        except ValueError:
+            raise ServerError(f"model '{info.model_name}' returned a malformed class {text!r}") from None
+        by_index[index] = parts[2]
+    if sorted(by_index) != list(range(info.num_classes)):
+        raise ModelChangedError(
+            f"model '{info.model_name}' answered for classes {sorted(by_index)}, not the {info.num_classes} "
+            "classes it was described with: it was replaced"
+        )
+    return tuple(by_index[index] for index in range(info.num_classes))
 
 
 def build_embedding_outputs(info: ModelInfo) -> list[InferRequestedOutput]:
-    """Request only the embedding; refuse early when the deployed repository predates it."""
+    """The embedding and the probabilities, whose sum tells an answer from the no-answer row; refuse early
+    when the deployed repository predates the embedding."""
     if info.embedding_output is None:
         raise IncompatibleModelError(
             f"model '{info.model_name}' does not publish an utterance embedding; "
             "re-export the repository with a current emotion-build"
         )
-    return [InferRequestedOutput(info.embedding_output)]
+    return [InferRequestedOutput(info.embedding_output), InferRequestedOutput(info.probabilities_output)]
 
 
-def decode_embedding(embedding: npt.NDArray[Any] | None, info: ModelInfo) -> npt.NDArray[np.float32]:
-    """The ``[1, width]`` embedding tensor as a 1-D float32 array the caller owns."""
+def decode_embedding(
+    embedding: npt.NDArray[Any] | None, probabilities: npt.NDArray[Any] | None, info: ModelInfo
+) -> npt.NDArray[np.float32]:
+    """The ``[1, width]`` embedding as a 1-D float32 array the caller owns, if the clip was answered."""
+    check_answered(probabilities, info)
     if embedding is None:
         raise ServerError(f"model '{info.model_name}' returned no '{info.embedding_output}' output")
     flat = np.array(embedding, dtype=np.float32).reshape(-1)
     if flat.size == 0 or not np.all(np.isfinite(flat)):
         raise ServerError(f"model '{info.model_name}' returned an empty or non-finite embedding")
+    return flat
+
+
+def check_answered(probabilities: npt.NDArray[Any] | None, info: ModelInfo) -> npt.NDArray[np.float64]:
+    """The ``[1, n_classes]`` probabilities as a flat float64 array, if they are an answer.
+
+    A classified clip's probabilities sum to 1. The classifier answers a clip it cannot compute
+    with zeros (the libtorch runtime cannot fail one request of a batch, build's served_classifier),
+    which must reach no caller as a label: that raises ``NoAnswerError``; any other sum a
+    ``ServerError``."""
+    if probabilities is None:
+        raise ServerError(f"model '{info.model_name}' returned no '{info.probabilities_output}' output")
+    flat = np.asarray(probabilities, dtype=np.float64).reshape(-1)
+    if not np.all(np.isfinite(flat)):
+        raise ServerError(f"model '{info.model_name}' returned non-finite probabilities")
+    if flat.size and not flat.any():
+        raise NoAnswerError(
+            f"model '{info.model_name}' has no answer for this clip: the classifier answered it with its "
+            "no-answer row (all zeros), as it does when the model computes NaN or infinity for a clip"
+        )
+    total = float(flat.sum())
+    if abs(total - 1.0) > _SUM_TOLERANCE:
+        raise ServerError(f"model '{info.model_name}' returned probabilities that sum to {total:.6g}, not 1")
     return flat
 
 
@@ -245,31 +314,39 @@ def validate_timeline(window_s: float, hop_s: float, smooth_s: float, info: Mode
         )
 
 
+def decode_answer(response: Any, info: ModelInfo, *, top_k: int | None = None) -> tuple[Classification, bool]:
+    """A classify response as a ``Classification`` labelled by the model that answered, and whether those
+    labels differ from ``info``'s (the model was replaced: the client reads its description again)."""
+    labels = served_labels(response.as_numpy(info.logits_output), info)
+    probabilities = response.as_numpy(info.probabilities_output)
+    result = decode_classification(probabilities, info, top_k=top_k, labels=labels)
+    return result, labels is not None and labels != info.labels
+
+
 def decode_classification(
     probabilities: npt.NDArray[Any] | None,
     info: ModelInfo,
     *,
     top_k: int | None = None,
+    labels: tuple[str, ...] | None = None,
 ) -> Classification:
     """Turn the ``[1, n_classes]`` probabilities tensor into a ranked ``Classification``.
 
-    Ties keep class-index order (stable sort) so results are deterministic across runs.
+    ``labels`` are the answer's own (``served_labels``); without them, ``info``'s. Ties keep
+    class-index order (stable sort) so results are deterministic across runs.
     """
     validate_top_k(top_k)
-    if probabilities is None:
-        raise ServerError(f"model '{info.model_name}' returned no '{info.probabilities_output}' output")
-    flat = np.asarray(probabilities, dtype=np.float64).reshape(-1)
-    if flat.shape[0] != info.num_classes:
-        raise ServerError(
-            f"model '{info.model_name}' returned {flat.shape[0]} probabilities "
-            f"(shape {np.shape(probabilities)}) for {info.num_classes} labels"
+    names = labels if labels is not None else info.labels
+    if probabilities is not None and np.asarray(probabilities).size != len(names):
+        raise ModelChangedError(
+            f"model '{info.model_name}' returned {np.asarray(probabilities).size} probabilities "
+            f"(shape {np.shape(probabilities)}) for {len(names)} labels"
         )
-    if not np.all(np.isfinite(flat)):
-        raise ServerError(f"model '{info.model_name}' returned non-finite probabilities")
+    flat = check_answered(probabilities, info)
     order = np.argsort(-flat, kind="stable")
     if top_k is not None:
         order = order[:top_k]
-    scores = tuple(LabelScore(info.labels[i], float(flat[i])) for i in order)
+    scores = tuple(LabelScore(names[i], float(flat[i])) for i in order)
     return Classification(
         label=scores[0].label,
         score=scores[0].score,

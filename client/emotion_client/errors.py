@@ -8,6 +8,7 @@ message text, and re-raised with the original kept as ``__cause__``.
 
     EmotionClientError
     ├── InvalidAudioError            (bad input, caught locally or by the server)
+    │   └── NoAnswerError            (the model could not compute an answer for this clip)
     ├── IncompatibleModelError       (the model is not an emotion ensemble)
     ├── TransportError               (no usable answer)
     │   ├── ServerUnavailableError   (gRPC UNAVAILABLE: the only status the client retries)
@@ -35,6 +36,7 @@ __all__ = [
     "IncompatibleModelError",
     "InvalidAudioError",
     "ModelNotReadyError",
+    "NoAnswerError",
     "RequestTimeoutError",
     "ServerBusyError",
     "ServerError",
@@ -61,6 +63,8 @@ _OVERLOAD_MARKERS = ("Exceeds maximum queue size", "Request timeout expired")
 """Triton's UNAVAILABLE refusals from a full model queue or one whose queue timeout expired."""
 _TLS_MARKERS = ("handshake failed", "CERTIFICATE_VERIFY_FAILED", "SSL_ERROR", "TSI_")
 """How gRPC's transport reports TLS failures inside an UNAVAILABLE status."""
+_NO_ANSWER_MARKER = "has no answer for this clip"
+"""The Python runner's refusal of a clip its model computed no finite answer for (classifier_model.py)."""
 _SOCKET_CLOSED_MARKER = "Socket closed"
 """All a plaintext client sees of a TLS server (and a client without a cert of a mutual-TLS one)."""
 
@@ -80,6 +84,15 @@ class InvalidAudioError(EmotionClientError, ValueError):
     """The audio cannot be classified as given; retrying the same input will fail again.
 
     Also a ``ValueError`` so generic input-validation handlers keep working.
+    """
+
+
+class NoAnswerError(InvalidAudioError):
+    """The model has no answer for this clip: something inside it was not finite (NaN or infinity: an
+    fp16 overflow on a GPU, samples no model arithmetic can hold). Every runtime says so for this clip
+    alone: the Python runner with an error, the libtorch classifier with its all-zero row, which this
+    SDK refuses to read as a label. The same clip fails the same way again; its batch-mates are
+    answered as usual.
     """
 
 
@@ -199,6 +212,8 @@ def from_triton_error(
             f"(check model_name, or wait for it to load): {detail}",
             status=status,
         )
+    if status == _INVALID_ARGUMENT and _NO_ANSWER_MARKER in detail:
+        return NoAnswerError(f"model '{model_name}' {_NO_ANSWER_MARKER}: {detail}", status=status)
     if status == _INVALID_ARGUMENT:
         return InvalidAudioError(f"server rejected the audio: {detail}", status=status)
     if status is None:

@@ -19,7 +19,12 @@ from typing import Any
 import numpy as np
 import torch
 import triton_python_backend_utils as pb_utils  # provided by Triton's Python-backend stub
-from cpu_features import cpu_flags, emulation_warning  # copied beside this file
+from cpu_features import (  # copied beside this file
+    check_int8_products,
+    cpu_flags,
+    emulation_warning,
+    refuse_int8_off_cpu,
+)
 from heap import keep_freed_memory, malloc_set_by_environment  # copied beside this file
 from ragged import concatenate, length_groups, merge_groups, split_rows, unanswered_rows  # copied beside this file
 from shm_pages import release_pages  # copied beside this file
@@ -75,23 +80,29 @@ class TritonPythonModel:
         self.max_padding = float(parameters.get("max_padding_fraction", "inf"))
         self.device = torch.device(parameters.get("device") or self._instance_device(args))
         apply_jit_parameters(parameters)
-        self._warn_if_emulated(parameters.get("weights_dtype", "float32"))
+        weights_dtype = parameters.get("weights_dtype", "float32")
+        refuse_int8_off_cpu(weights_dtype, self.device.type)
         path = os.path.join(args["model_repository"], args["model_version"], "model.pt")
         self.model = torch.jit.load(path, map_location=self.device).eval()  # type: ignore[no-untyped-call]
+        self._warn_if_emulated(weights_dtype)
 
     def _warn_if_emulated(self, weights_dtype: str) -> None:
-        """bf16 weights on a CPU without bf16 instructions still answer right, several times slower:
-        say so at load, in the log and as a metric an operator can alert on (the export chose bf16
-        on a machine that had them; this one may not)."""
-        warning = emulation_warning(weights_dtype, cpu_flags()) if self.device.type == "cpu" else None
+        """Reduced precision this CPU does not compute natively still answers as the export gated it,
+        several times slower: bf16 emulated, or int8 products that the layers' own check on this CPU
+        (before any request) sent to float32 because torch._int_mm saturates here. Said at load, in
+        the log and as a metric an operator can alert on (the export chose the precision on a
+        machine that had the instructions; this one may not)."""
+        exact = check_int8_products(self.model) if self.device.type == "cpu" else None
+        warning = emulation_warning(weights_dtype, cpu_flags(), int8_exact=exact) if self.device.type == "cpu" else None
         family = pb_utils.MetricFamily(
-            name="emotion_classifier_bf16_emulated",
-            description="1 when the classifier runs bf16 weights on a CPU without bf16 instructions (several "
-            "times slower than fp32; re-export with --dtype fp32)",
+            name="emotion_classifier_precision_emulated",
+            description="1 when the classifier's reduced precision does not run on this CPU's own instructions "
+            "(bf16 emulated, or int8 products computed in float32 where int8 kernels saturate): answers as "
+            "exported, several times slower; re-export on this machine or with --dtype fp32",
             kind=pb_utils.MetricFamily.GAUGE,
         )
         self._metric_family = family  # both live as long as the model; finalize() drops the metric first
-        self._emulated_metric = family.Metric(labels={"model": "classifier"})
+        self._emulated_metric = family.Metric(labels={"model": "classifier", "weights_dtype": weights_dtype})
         self._emulated_metric.set(0.0 if warning is None else 1.0)
         if warning is not None:
             pb_utils.Logger.log_warn(f"SLOW: {warning}")
@@ -154,11 +165,11 @@ class TritonPythonModel:
             )
             for i in range(len(clips))
         ]
-        for i in unanswered_rows(arrays):  # every clip was validated: only float32 overflow is left
+        for i in unanswered_rows(arrays):  # every clip was validated: the model computed no finite answer
             peak = float(np.abs(clips[i]).max())
             message = (
-                f"the classifier has no answer for this clip: its samples (peak |sample| {peak:.4g}) overflow the "
-                "model's float32 arithmetic; send the audio to the ensemble, which normalises it"
+                "the classifier has no answer for this clip: the model computed NaN or infinity for it (peak "
+                f"|sample| {peak:.4g}; a clip sent straight to the classifier must be normalised as the ensemble does)"
             )
             responses[i] = pb_utils.InferenceResponse(
                 error=pb_utils.TritonError(message, pb_utils.TritonError.INVALID_ARG)
