@@ -68,7 +68,8 @@ def poisoned_module() -> torch.jit.ScriptModule:
 def expected_probabilities(clip: npt.NDArray[np.float32]) -> npt.NDArray[np.float32]:
     normalised = torch.from_numpy(normalise(clip, do_normalize=True))
     _, probabilities, _ = PoisonedModel()(normalised, torch.tensor([clip.size], dtype=torch.int32))
-    return probabilities[0].detach().numpy()
+    row: npt.NDArray[np.float32] = probabilities[0].detach().numpy()
+    return row
 
 
 @dataclasses.dataclass(frozen=True)
@@ -89,7 +90,7 @@ def poisoned(
     output = tmp_path_factory.mktemp(f"poisoned-{runtime}") / "model_repository"
     repository = export_repository(tiny_model_dir, output, TARGETS[runtime], *extra, *TEST_BATCHING)
     artifact = repository / "classifier" / "1" / "model.pt"
-    poisoned_module().save(str(artifact))  # type: ignore[no-untyped-call]
+    poisoned_module().save(str(artifact))
     strip_source_paths(artifact)
     install = None
     if runtime == "libtorch":
