@@ -13,7 +13,7 @@ import numpy.typing as npt
 import pytest
 from repositories import export_cpu_repository, export_repository
 from speech import espeak_clips
-from triton_probes import RUNTIMES
+from triton_probes import SERVED
 
 from emotion_build.loading import LoadedModel, random_model
 from emotion_build.server import TritonServer
@@ -102,11 +102,28 @@ def libtorch_triton(libtorch_repository: Path, libtorch_backends: Path) -> Itera
         yield server
 
 
-@pytest.fixture(scope="session", params=RUNTIMES)
+@pytest.fixture(scope="session")
+def auto_repository(tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """What users get: the default export (`--dtype auto`) of the same model, with the same batching."""
+    output = tmp_path_factory.mktemp("auto-repo") / "model_repository"
+    return export_cpu_repository(tiny_model_dir, output, "--dtype", "auto", *TEST_BATCHING)
+
+
+@pytest.fixture(scope="session")
+def auto_triton(auto_repository: Path) -> Iterator[TritonServer]:
+    with TritonServer(auto_repository) as server:
+        yield server
+
+
+SERVED_FIXTURES = {"python": "triton", "libtorch": "libtorch_triton", "python-auto": "auto_triton"}
+
+
+@pytest.fixture(scope="session", params=SERVED)
 def served(request: pytest.FixtureRequest) -> TritonServer:
-    """The shared server of each classifier runtime: the cpu target's Python runner (`triton`) and the
-    production gpu target's libtorch backend on KIND_CPU (`libtorch_triton`), same model and batching."""
-    server: TritonServer = request.getfixturevalue("triton" if request.param == "python" else "libtorch_triton")
+    """The shared servers, same model and batching: the cpu target's Python runner (`triton`), the
+    production gpu target's libtorch backend on KIND_CPU (`libtorch_triton`), both fp32, and the
+    runner on the default export (`auto_triton`), whose answers are judged within its own gate's bands."""
+    server: TritonServer = request.getfixturevalue(SERVED_FIXTURES[request.param])
     return server
 
 

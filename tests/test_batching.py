@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from precision_bands import bands_of
 from triton_probes import alone_then_together
 
 from emotion_build.server import TritonServer
@@ -28,14 +29,15 @@ def test_mixed_lengths_batch_together_without_changing_any_answer(
     clips = [(0.2 * rng.standard_normal(n)).astype(np.float32) for n in lengths]
 
     alone, drift, change = alone_then_together(url, clips, CONCURRENCY)
+    band = bands_of(served.model_repository).batched
     inferences, executions = change.inferences, change.executions
     average_batch = inferences / executions
     print(
         f"{request.node.callspec.id}: {len(clips)} clips "
         f"{lengths.min() / SAMPLE_RATE:.1f}-{lengths.max() / SAMPLE_RATE:.1f} s, "
-        f"max |Δprob| alone vs batched {drift:.2e}, average executed batch {average_batch:.2f}"
+        f"max |Δprob| alone vs batched {drift:.2e} (band {band:.1e}), average executed batch {average_batch:.2f}"
     )
     assert inferences == len(clips)
     assert average_batch >= 4, f"only {average_batch:.2f} requests per classifier execution"
-    assert drift <= 1e-5
+    assert drift <= band
     assert np.abs(alone - alone[0]).max() > 1e-3  # the model really tells clips apart

@@ -57,3 +57,25 @@ def test_each_round_counts_the_faster_contender_of_each_system() -> None:
     ]
     assert settings(fastest_per_round(rounds, "served")) == [("served", 8), ("served", 4)]
     assert [p.audio_s_per_s for p in fastest_per_round(rounds, "torchscript")] == [9.0, 8.9]
+
+
+def test_every_system_is_measured_twice_a_round_after_a_whole_warm_pass() -> None:
+    """The HF pipeline one clip per call has one setting: it runs twice, as the served system's two
+    concurrencies do, and every measurement starts with an untimed pass over all the workload's clips."""
+    import numpy as np
+    from speed.rounds import twice
+    from speed.timing import timed_loop
+    from speed.workloads import Workload
+
+    def one() -> Point:
+        return point("hf", 1, 1.0)
+
+    def other() -> Point:
+        return point("hf", 1, 2.0)
+
+    assert twice([one]) == [one, one] and twice([one, other]) == [one, other]
+    clips = [np.zeros(16000 + k, np.float32) for k in range(5)]
+    seen: list[int] = []
+    workload = Workload("1 s", tuple(clips))
+    timed_loop(lambda batch: seen.append(batch[0].size), workload, 1, system="hf", budget_s=0.0, min_calls=2)
+    assert seen[:5] == [clip.size for clip in clips] and len(seen) == 7  # the warm pass, then two timed calls

@@ -16,6 +16,7 @@ import numpy.typing as npt
 import pytest
 import soundfile
 import torch
+from precision_bands import bands_of
 from speech import espeak_clip
 from triton_probes import infer
 
@@ -40,9 +41,11 @@ def recording(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def test_timeline_windows_answer_like_single_clips(
-    client: EmotionClient, triton: TritonServer, recording: Path
+    served_client: EmotionClient, served: TritonServer, recording: Path
 ) -> None:
-    timeline = client.classify_timeline(recording, window_s=4.0, hop_s=2.0)
+    """On each runtime in fp32 and on the default export, whose windows, batched, may move within its gate's band."""
+    band = bands_of(served.model_repository).batched
+    timeline = served_client.classify_timeline(recording, window_s=4.0, hop_s=2.0)
     audio = load_audio(recording, sample_rate=None, target_rate=RATE)
     assert timeline.duration_s == pytest.approx(audio.size / RATE)
     assert timeline.segments[0].start_s == 0 and timeline.segments[-1].end_s == pytest.approx(timeline.duration_s)
@@ -52,9 +55,11 @@ def test_timeline_windows_answer_like_single_clips(
     labels = timeline.labels
     for segment in timeline.segments[::5]:
         clip = audio[round(segment.start_s * RATE) : round(segment.end_s * RATE)]
-        expected = infer(triton.endpoints.grpc_url, clip[None, :])
-        np.testing.assert_allclose([s.score for s in segment.scores], expected, atol=1e-5)
-        assert segment.label == labels[int(np.argmax(expected))]
+        expected = infer(served.endpoints.grpc_url, clip[None, :])
+        np.testing.assert_allclose([s.score for s in segment.scores], expected, atol=band)
+        best, second = np.sort(expected)[::-1][:2]
+        if best - second > 2 * band:
+            assert segment.label == labels[int(np.argmax(expected))]
     for point in timeline.track:
         assert sum(s.score for s in point.scores) == pytest.approx(1.0, abs=1e-6)
 

@@ -10,7 +10,7 @@ from google.protobuf import text_format
 from tritonclient.grpc import model_config_pb2 as mc
 
 from emotion_build.configs import all_configs, render
-from emotion_build.description import TARGETS, BatchingSettings, ModelDescription
+from emotion_build.description import TARGETS, BatchingSettings, ModelDescription, Provenance
 
 LABELS = ("neu", "hap", "ang", "sad")
 
@@ -163,3 +163,23 @@ def test_export_refuses_a_bad_batching_flag_before_loading_the_model(
     assert main([*argv, "--target", "cpu", "--classifier-on-cpu"]) == 2
     assert "--classifier-on-cpu is for the gpu and gpu-python targets" in capsys.readouterr().err
     assert not (tmp_path / "repo").exists()
+
+
+def test_the_bench_rewrites_batching_and_keeps_what_the_export_recorded(auto_repository: Path, tmp_path: Path) -> None:
+    """benchmarks' rewrite_configs renders from export.json's description: precision and limits stay."""
+    import shutil
+
+    from speed.served import rewrite_configs
+
+    copy = tmp_path / "repository"
+    shutil.copytree(auto_repository, copy)
+    before = {name: (copy / name / "config.pbtxt").read_text() for name in ("emotion", "classifier", "preprocess")}
+    rewrite_configs(copy, BatchingSettings(max_batch_size=16, classifier_instances=3))
+    after = {name: (copy / name / "config.pbtxt").read_text() for name in before}
+    assert "max_batch_size: 16" in after["classifier"] and "count: 3" in after["classifier"]
+    for name in before:
+        for line in before[name].splitlines():
+            if "weights_dtype" in line or "duration_s" in line or "max_samples" in line or "labels" in line:
+                assert line in after[name], (name, line)
+    provenance = Provenance.from_json((copy / "classifier" / "1" / "export.json").read_text())
+    assert f'string_value: "{provenance.dtype}"' in after["classifier"]

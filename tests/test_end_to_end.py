@@ -11,6 +11,7 @@ import pytest
 import soundfile
 import torch
 import tritonclient.grpc as grpcclient
+from precision_bands import bands_of
 from speech import espeak_clip
 from tritonclient.utils import InferenceServerException
 
@@ -51,26 +52,31 @@ def test_labels_and_settings_come_from_the_server(served_client: EmotionClient, 
 
 @pytest.mark.parametrize("index", range(len(DURATIONS_S)))
 def test_speech_files_match_the_eager_model(
+    served: TritonServer,
     served_client: EmotionClient,
     hf_classifier: tuple[Any, Any],
     speech_dir: Path,
     index: int,
     request: pytest.FixtureRequest,
 ) -> None:
-    """Through either classifier runtime: the Python runner and the production libtorch backend."""
+    """Through either classifier runtime (the Python runner and the production libtorch backend) in
+    fp32, and the default export within its own gate's limit."""
     client = served_client
+    band = bands_of(served.model_repository).vs_eager
     (path,) = speech_dir.glob(f"speech-{index}-*.wav")
     assert soundfile.info(path).samplerate == 22050  # the SDK must resample
-    served = client.classify(path)
+    result = client.classify(path)
     audio = load_audio(path, sample_rate=None, target_rate=16000)
     expected = eager_probabilities(hf_classifier, audio)
-    got = in_label_order(served, client.model_info().labels)
+    got = in_label_order(result, client.model_info().labels)
     drift = float(np.abs(got - expected).max())
-    print(f"{request.node.callspec.id} {path.name}: max |Δprob| served vs eager = {drift:.2e}")
-    assert drift <= 1e-4
-    assert served.label == client.model_info().labels[int(np.argmax(expected))]
-    assert [s.score for s in served.scores] == sorted((s.score for s in served.scores), reverse=True)
-    assert served.score == served.scores[0].score
+    print(f"{request.node.callspec.id} {path.name}: max |Δprob| served vs eager = {drift:.2e} (band {band:g})")
+    assert drift <= band
+    best, second = np.sort(expected)[::-1][:2]
+    if best - second > band:  # within the band of a tie, the label may go either way
+        assert result.label == client.model_info().labels[int(np.argmax(expected))]
+    assert [s.score for s in result.scores] == sorted((s.score for s in result.scores), reverse=True)
+    assert result.score == result.scores[0].score
 
 
 def test_arrays_at_other_rates_and_top_k(

@@ -30,6 +30,7 @@ from pathlib import Path
 import numpy as np
 import numpy.typing as npt
 import pytest
+from precision_bands import bands_of
 from process_memory import Resident, processes, region_mib, resident, total
 from triton_probes import clip, format_table, infer, report
 from tritonclient.utils import InferenceServerException
@@ -44,19 +45,30 @@ WARMUP_REQUESTS = 300
 serves fewer per second, still settles the small-object heaps before the first reading."""
 MMAP_THRESHOLD = "131072"
 GROWTH_BOUND_MIB = 32.0
-"""Total PSS growth allowed from the end of the warm-up to the end of the soak, all processes.
+"""Total PSS growth allowed over the soak, all processes: the median of the readings (every 2 s) in
+its last third against the median of its first third. A leak grows with time, which the medians show;
+one reading at the end of the warm-up and one at the end, both idle, differ by where the heaps'
+free holes happen to lie: the int8 export's runner read 441 MiB idle after the warm-up, then
+461-486 MiB under the load from its first seconds to its last (+29 MiB between the idle ends), flat.
 Measured as RSS over 60 s: -7 to +37 MiB, the top of it a shared-memory region's growth counted
-over again by RSS (see above); as PSS, -0.4 to +10.1 MiB (the top inside `make test`). Leaking
-each request's audio once would exceed it after some 70 requests of the average clip; being
-absolute, the bound gets stricter per request the longer the soak: 30 minutes (~30k requests)
-catch a leak of about 1 KiB per request."""
+over again by RSS (see above); as PSS at the idle ends, -0.4 to +10.1 MiB in fp32. Leaking each
+request's audio once would exceed it after some 70 requests of the average clip; being absolute,
+the bound gets stricter per request the longer the soak: 30 minutes (~30k requests) catch a leak of
+about 1 KiB per request."""
 
 
 class Load:
     """THREADS clients sending random clips from the set, checking every answer."""
 
-    def __init__(self, url: str, clips: list[npt.NDArray[np.float32]], expected: list[npt.NDArray[np.float32]]) -> None:
-        self.url, self.clips, self.expected = url, clips, expected
+    def __init__(
+        self,
+        url: str,
+        clips: list[npt.NDArray[np.float32]],
+        expected: list[npt.NDArray[np.float32]],
+        *,
+        tolerance: float,
+    ) -> None:
+        self.url, self.clips, self.expected, self.tolerance = url, clips, expected, tolerance
         self.outcomes: Counter[str] = Counter()
         self.served_bytes = 0
         self.latencies: list[float] = []
@@ -82,18 +94,20 @@ class Load:
                 with self._lock:
                     self.outcomes[f"{error.status()}: {error.message()[:80]}"] += 1
                 continue
-            right = bool(np.allclose(answer, self.expected[index], atol=1e-5))
+            right = bool(np.abs(answer - self.expected[index]).max() <= self.tolerance)
             with self._lock:
                 self.outcomes["served right" if right else "served WRONG"] += 1
                 self.served_bytes += self.clips[index].nbytes
                 self.latencies.append(time.perf_counter() - started)
 
 
-@pytest.fixture(scope="module")
-def soak_server(tiny_repository: Path) -> Iterator[TritonServer]:
+@pytest.fixture(scope="module", params=["fp32", "auto"])
+def soak_server(request: pytest.FixtureRequest) -> Iterator[TritonServer]:
+    """The fp32 export, and the default one users get."""
+    repository: Path = request.getfixturevalue("tiny_repository" if request.param == "fp32" else "auto_repository")
     with pytest.MonkeyPatch.context() as patch:
         patch.setenv("MALLOC_MMAP_THRESHOLD_", MMAP_THRESHOLD)  # the server and its stubs inherit it
-        server = TritonServer(tiny_repository)
+        server = TritonServer(repository)
         server.start()
     try:
         yield server
@@ -117,7 +131,8 @@ def test_soak_has_no_errors_and_bounded_memory_growth(soak_server: TritonServer,
     with ThreadPoolExecutor(THREADS) as pool:  # the largest batch the load can form
         for _ in range(2):
             list(pool.map(lambda _: infer(url, longest), range(THREADS)))
-    warmup = Load(url, clips, expected)
+    bands = bands_of(triton.model_repository)  # answered alone first, then batched under the load
+    warmup = Load(url, clips, expected, tolerance=bands.batched)
     warm_started = time.monotonic()
     warmup.run(max(WARMUP_FRACTION * soak_s, 10.0), seed=0)
     while sum(warmup.outcomes.values()) < WARMUP_REQUESTS and time.monotonic() - warm_started < 60:
@@ -136,7 +151,7 @@ def test_soak_has_no_errors_and_bounded_memory_growth(soak_server: TritonServer,
 
     sampler = threading.Thread(target=sample)
     sampler.start()
-    load = Load(url, clips, expected)
+    load = Load(url, clips, expected, tolerance=bands.batched)
     try:
         load.run(soak_s, seed=100)
     finally:
@@ -165,7 +180,9 @@ def test_soak_has_no_errors_and_bounded_memory_growth(soak_server: TritonServer,
 
     first_total, last_total = total(first), total(last)
     rows = [row(name, first[name], last[name]) for name in pids] + [row("total", first_total, last_total)]
-    growth_mib = (last_total.pss_kib - first_total.pss_kib) / 1024
+    totals = [total(at).pss_kib / 1024 for _, at in samples]
+    third = max(1, len(totals) // 3)
+    growth_mib = float(np.median(totals[-third:]) - np.median(totals[:third]))
     requests = sum(load.outcomes.values())
     served_mib = load.served_bytes / 2**20
     every = samples[:: max(1, len(samples) // 10)]
@@ -174,7 +191,8 @@ def test_soak_has_no_errors_and_bounded_memory_growth(soak_server: TritonServer,
     )
     regions = ", ".join(f"{name} {first_regions[name]:.0f} -> {last_regions[name]:.0f}" for name in first_regions)
     print(
-        f"\nsoak: {soak_s:g} s after {warm_s:.0f} s of warm-up ({sum(warmup.outcomes.values())} requests), "
+        f"\nsoak of the {bands.weights_dtype} export: {soak_s:g} s after {warm_s:.0f} s of warm-up "
+        f"({sum(warmup.outcomes.values())} requests), "
         f"{THREADS} threads, {requests} requests of {lengths_s.min():.1f}-{lengths_s.max():.0f} s "
         f"({served_mib:.0f} MiB of audio); p50 {1000 * np.median(load.latencies):.0f} ms, "
         f"max {1000 * max(load.latencies):.0f} ms; outcomes {dict(load.outcomes)}"
@@ -190,11 +208,12 @@ def test_soak_has_no_errors_and_bounded_memory_growth(soak_server: TritonServer,
     errors = requests - load.outcomes["served right"] + sum(warmup.outcomes.values()) - warmup.outcomes["served right"]
     report(
         "soak",
-        f"{soak_s:g} s (+{warm_s:.0f} s warm-up), clips 0.1-30 s, {THREADS} threads, mmap threshold 128 KiB",
+        f"{bands.weights_dtype}: {soak_s:g} s (+{warm_s:.0f} s warm-up), clips 0.1-30 s, {THREADS} threads",
         tried=requests,
         as_expected=load.outcomes["served right"],
         lost=errors,
-        note=f"PSS {first_total.pss_kib / 1024:.0f} -> {last_total.pss_kib / 1024:.0f} MiB ({growth_mib:+.1f}) "
+        note=f"PSS {first_total.pss_kib / 1024:.0f} -> {last_total.pss_kib / 1024:.0f} MiB idle, "
+        f"{growth_mib:+.1f} first to last third "
         f"over {served_mib:.0f} MiB of audio",
     )
     assert errors == 0, (warmup.outcomes, load.outcomes)

@@ -14,11 +14,13 @@ from test_bf16_export import export_tiny, provenance_of, served_against_eager
 from torch import nn
 
 import emotion_build.precision
-from emotion_build.export import ExportError
+from emotion_build.description import BatchingSettings
+from emotion_build.export import ExportError, describe, export, split_calibration
 from emotion_build.int8_products import Int8Linear, gptq_round
 from emotion_build.loading import LoadedModel
 from emotion_build.precision import GATE_LIMITS, GateLimits
 from emotion_build.server import TritonServer
+from emotion_build.speech import SpeechUnavailableError
 
 RATE = 16000
 INT8_LIMIT = GATE_LIMITS["int8"].max_abs_prob_diff
@@ -104,3 +106,30 @@ def test_served_int8_matches_eager_fp32_within_the_gate(
     weights_dtype, worst = served_against_eager(int8_server, hf_classifier, clips)
     assert weights_dtype == "int8+bfloat16"
     assert 0 < worst <= INT8_LIMIT
+
+
+def test_int8_rounds_on_some_of_the_operators_files_and_gates_on_the_others(
+    tiny: LoadedModel, tmp_path: Path, speech_clips: list[Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """No espeak-ng needed with --gate-audio: calibration and gate take disjoint files."""
+    monkeypatch.setenv("PATH", str(tmp_path))  # no espeak-ng on it
+    said: list[str] = []
+    provenance = export(
+        tiny,
+        tmp_path / "repo",
+        "cpu",
+        describe(tiny, batching=BatchingSettings(), min_duration_s=0.1, max_duration_s=30.0),
+        dtype="int8",
+        gate_speech=(speech_clips, "five files"),
+        progress=said.append,
+    ).provenance
+    gate = provenance.gate
+    assert gate is not None and gate["passed"] is True
+    assert gate["clips"] == 3 and str(gate["source"]).startswith("five files; 2 others")
+    assert any("rounded on" in line and "of your speech" in line for line in said)  # 2 short files: little
+    assert any("top-1 check tested" in line for line in said)  # 3 gate clips: few labels
+    kept, rest = split_calibration(speech_clips)
+    assert [len(kept), len(rest)] == [2, 3]
+    assert not {id(clip) for clip in kept} & {id(clip) for clip in rest}
+    with pytest.raises(SpeechUnavailableError, match="at least 3 files"):
+        split_calibration(speech_clips[:2])

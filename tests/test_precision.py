@@ -155,3 +155,18 @@ def test_a_near_tie_that_flips_is_not_a_disagreement_but_is_recorded() -> None:
     assert report.top1_agreement_alone == report.top1_agreement_batched == 1.0  # the two decisive clips
     assert report.top1_agreement_all == pytest.approx(2 / 3) and report.passed
     assert report.max_abs_prob_diff < 1e-3
+
+
+def test_the_gate_says_how_many_labels_it_tested_and_a_gate_of_ties_tests_none() -> None:
+    """Every clip a dead heat under fp32: agreement defaults to 1.0, and top1_tested says it is of nothing."""
+
+    def tie(clip: FloatArray) -> torch.Tensor:
+        return torch.zeros(1, 4)
+
+    def module(flat: FloatArray, ends: Sequence[int]) -> torch.Tensor:
+        return torch.zeros(len(ends), 4)
+
+    report = run_gate(module, tie, clips_of([800, 900, 1000]), precision="bf16", sample_rate=16000, source="t")
+    assert (report.top1_tested, report.ties) == (0, 3)
+    assert report.record()["top1_tested"] == 0 and "of 0 decisive clips" in report.summary()
+    assert gate(Linear()).top1_tested + gate(Linear()).ties == 12 and gate(Linear()).top1_tested > 0

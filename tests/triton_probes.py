@@ -27,7 +27,10 @@ from tritonclient.utils import InferenceServerException
 
 SAMPLE_RATE = 16000
 RUNTIMES = ("python", "libtorch")
-"""The classifier runtimes the shared tests run against (`served` in conftest)."""
+"""The classifier runtimes, each serving the fp32 export of the tests' tiny model."""
+SERVED = (*RUNTIMES, "python-auto")
+"""What the shared tests run against (`served` in conftest): both runtimes on fp32, and the Python runner
+on the default export (`--dtype auto`: int8 or bf16 on CPUs that compute them, as users get it)."""
 _LOCAL = threading.local()
 
 

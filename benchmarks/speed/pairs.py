@@ -11,7 +11,6 @@ import torch
 from interleaved import PairedLatency, c1_pairs
 
 from emotion_build.description import BatchingSettings
-from emotion_build.loading import LoadedModel
 from emotion_build.triton_models.waveform import FloatArray
 
 from .hf import HFProcess
@@ -100,7 +99,6 @@ def lone_request_pairs(
 def latency_first_pairs(
     repository: Path,
     scratch: Path,
-    loaded: LoadedModel,
     module: torch.jit.ScriptModule,
     workloads: Sequence[Workload],
     budget_s: float,
@@ -111,7 +109,7 @@ def latency_first_pairs(
     added latency of serving, with the threads held equal."""
     copy = scratch / LATENCY_FIRST_SERVER
     shutil.copytree(repository, copy)
-    rewrite_configs(copy, loaded, LATENCY_FIRST)
+    rewrite_configs(copy, LATENCY_FIRST)
     log("latency-first server (1 classifier instance x default threads)")
     with served(copy, None) as (url, _, _):
         return [

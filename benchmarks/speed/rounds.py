@@ -20,6 +20,11 @@ from .systems import SYSTEM_NAMES
 from .workloads import Workload
 
 
+def twice(measures: list[Callable[[], Point]]) -> list[Callable[[], Point]]:
+    """Two measurements of a system per round: its two contenders, or its one contender twice."""
+    return measures if len(measures) >= 2 else measures * 2
+
+
 def interleaved_rounds(
     module: torch.jit.ScriptModule,
     grpc_url: str,
@@ -35,7 +40,9 @@ def interleaved_rounds(
     device: str,
 ) -> Interleaved:
     """The sweep's contenders of each system again (`ranking.contenders`), all of them in every round:
-    first each system's best, then each one's second, so that drift within a round falls on every system."""
+    first each system's best, then each one's second, so that drift within a round falls on every system.
+    Every system is measured twice a round, its round's figure the faster of the two (a system with one
+    contender, the HF pipeline one clip per call, runs it twice), each after the same warm-up pass."""
     hf_rows = tuple(hf) if hf_process is not None else ()  # measured again only where the pipeline's process runs
     log(
         f"{workload.name} in rounds: "
@@ -69,9 +76,9 @@ def interleaved_rounds(
             return lambda: process.point(workload, batch_size=size, budget_s=budget_s)
 
         systems = [
-            [inprocess_at(p.setting) for p in inprocess],
-            [served_at(p.setting) for p in served],
-            [hf_at(hf_process, row) for row in hf_rows] if hf_process is not None else [],
+            twice([inprocess_at(p.setting) for p in inprocess]),
+            twice([served_at(p.setting) for p in served]),
+            *([twice([hf_at(hf_process, row)]) for row in hf_rows] if hf_process is not None else []),
         ]
         order = [measure for rank in range(2) for each in systems for measure in each[rank : rank + 1]]
         measured = alternate(order, rounds=rounds)

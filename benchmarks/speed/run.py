@@ -113,7 +113,6 @@ def tuned(args: argparse.Namespace) -> str:
 
         results = tune(
             repository,
-            bench.loaded,
             workloads,
             concurrencies=args.concurrency,
             budget_s=args.point_s,
@@ -227,7 +226,7 @@ def measured(args: argparse.Namespace, argv: Sequence[str] | None, *, started: f
         if module is not None and pgid is not None and not cuda and "latency-first" not in args.skip:
             try:
                 pairs += latency_first_pairs(
-                    bench.repository, bench.scratch, bench.loaded, module, workloads, 2 * args.point_s, args.min_pairs
+                    bench.repository, bench.scratch, module, workloads, 2 * args.point_s, args.min_pairs
                 )
             except (ServerError, InferenceServerException) as error:
                 notes.append(f"latency-first server: {error}")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import tempfile
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -11,9 +12,15 @@ from pathlib import Path
 import numpy as np
 
 from emotion_build.configs import all_configs, render
-from emotion_build.description import AUDIO_INPUT, CLASSIFIER_MODEL, ENSEMBLE_MODEL, BatchingSettings
-from emotion_build.export import describe
-from emotion_build.loading import LoadedModel
+from emotion_build.description import (
+    AUDIO_INPUT,
+    CLASSIFIER_MODEL,
+    ENSEMBLE_MODEL,
+    PROVENANCE_FILE,
+    BatchingSettings,
+    ModelDescription,
+    Provenance,
+)
 from emotion_build.server import TritonServer
 from emotion_build.triton_models.waveform import FloatArray
 
@@ -36,9 +43,13 @@ def served(repository: Path, server_url: str | None) -> Iterator[tuple[str, int 
         yield server.endpoints.grpc_url, server.pid, ready_s
 
 
-def rewrite_configs(repository: Path, loaded: LoadedModel, batching: BatchingSettings) -> None:
-    """Point an exported cpu repository at other batching settings without tracing again."""
-    description = describe(loaded, batching=batching, min_duration_s=0.1, max_duration_s=30.0)
+def rewrite_configs(repository: Path, batching: BatchingSettings) -> None:
+    """Point an exported cpu repository at other batching settings without tracing again: everything else
+    (weights' precision, limits, labels) as the export recorded it."""
+    provenance = Provenance.from_json((repository / CLASSIFIER_MODEL / "1" / PROVENANCE_FILE).read_text())
+    if provenance.description is None:
+        raise ValueError(f"{repository} predates export.json's description: export it again")
+    description = dataclasses.replace(ModelDescription.from_record(provenance.description), batching=batching)
     for name, config in all_configs(description, "cpu").items():
         (repository / name / "config.pbtxt").write_text(render(config))
 

@@ -36,10 +36,12 @@ def timed_loop(
     min_calls: int = 2,
     device: str = "cpu",
 ) -> Point:
-    """`call` on the workload's clips in batches of `size`: one untimed call, then calls until
-    `budget_s` has passed (and at least `min_calls`)."""
+    """`call` on the workload's clips in batches of `size`: one untimed pass over every batch (the same
+    warm-up the served system gets: `perf_analyzer.warm_pass`), then calls until `budget_s` has passed
+    (and at least `min_calls`)."""
     batches = batches_of(workload, size)
-    call(batches[0])
+    for batch in batches:
+        call(batch)
     synchronise(device)
     latencies, audio, clips = [], 0.0, 0
     cpu_start, start = time.process_time(), time.perf_counter()

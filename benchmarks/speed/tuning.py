@@ -8,7 +8,6 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from emotion_build.description import BatchingSettings
-from emotion_build.loading import LoadedModel
 
 from .progress import log
 from .results import TuneResult
@@ -58,7 +57,6 @@ repository's settings before any tuning (whole batches: no length groups)."""
 
 def tune(
     repository: Path,
-    loaded: LoadedModel,
     workloads: Sequence[Workload],
     *,
     concurrencies: Sequence[int],
@@ -72,7 +70,7 @@ def tune(
         if only is not None and index not in only:
             continue
         log(f"tuning candidate {index}: {settings}")
-        rewrite_configs(repository, loaded, settings)
+        rewrite_configs(repository, settings)
         failures: list[str] = []
         with served(repository, None) as (url, pgid, _):
             first = first_requests(url, workloads)
@@ -88,5 +86,5 @@ def tune(
             )
         results.append(TuneResult(settings, points, first, failures))
         after_each(results)
-    rewrite_configs(repository, loaded, BatchingSettings())
+    rewrite_configs(repository, BatchingSettings())
     return results

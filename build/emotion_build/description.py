@@ -177,6 +177,8 @@ class Provenance:
     """Why the weights are in `dtype`: asked for, or what `--dtype auto` found on the exporting machine."""
     gate: Mapping[str, object] | None = None
     """The reduced-precision gate's figures on speech against eager fp32 (None for fp32 exports)."""
+    description: Mapping[str, object] | None = None
+    """The ModelDescription the configs were rendered from (ModelDescription.record); None in older exports."""
 
     def to_json(self) -> str:
         return json.dumps(dataclasses.asdict(self), indent=2, sort_keys=True) + "\n"
@@ -237,6 +239,18 @@ class ModelDescription:
             )
         if self.batching.queue_timeout_ms < 0:
             raise ValueError(f"queue_timeout_ms must be >= 0 (0: no timeout), got {self.batching.queue_timeout_ms}")
+
+    def record(self) -> dict[str, object]:
+        """Every field, as export.json keeps it: the repository's configs can be rendered again from it."""
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_record(cls, record: Mapping[str, object]) -> ModelDescription:
+        fields = dict(record)
+        batching = fields.pop("batching", {})
+        labels = fields.pop("labels", ())
+        assert isinstance(batching, Mapping) and isinstance(labels, Sequence)
+        return cls(labels=tuple(str(label) for label in labels), batching=BatchingSettings(**batching), **fields)  # type: ignore[arg-type]
 
     @property
     def min_samples(self) -> int:

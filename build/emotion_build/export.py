@@ -32,6 +32,7 @@ from .loading import LoadedModel
 from .precision import (
     FALLBACKS,
     GATE_CLIPS,
+    MIN_TOP1_TESTED,
     PROVENANCE_NAMES,
     TORCH_DTYPES,
     GateReport,
@@ -56,6 +57,7 @@ __all__ = [
     "conv_form_for",
     "describe",
     "export",
+    "split_calibration",
     "trace",
 ]
 
@@ -65,6 +67,10 @@ CALIBRATION_CLIPS = 16
 """espeak-ng clips of 1-10 s that int8's weights are rounded on (about 90 s of speech)."""
 CALIBRATION_SEED = 11
 """Not the gate's seed (synthesise's default)."""
+MIN_OWN_CLIPS = 3
+"""Files int8 needs in --gate-audio: one to round the weights on, two to gate them (far too few to trust)."""
+MIN_CALIBRATION_S = 60.0
+"""Speech below which the operator is told int8's rounding had little to go on (espeak-ng's 16 clips: ~90 s)."""
 
 Progress = Callable[[str], None]
 
@@ -257,9 +263,12 @@ def export(
             if choice.precision == "fp32":
                 outcome = _fp32_artifact(loaded, description, target, choice, check_lengths, artifact, say)
             else:
-                outcome = _reduced_artifact(loaded, description, target, choice, speech, artifact, say)
+                outcome = _reduced_artifact(
+                    loaded, description, target, choice, speech, artifact, say, own_speech=gate_speech is not None
+                )
         provenance, parity = outcome
         description = dataclasses.replace(description, weights_dtype=provenance.dtype)
+        provenance = dataclasses.replace(provenance, description=description.record())
         say(f"writing the {target} repository to {output}")
         write_repository(output, description, target, artifact=artifact, provenance=provenance)
     return ExportResult(output, description, provenance, parity)
@@ -337,13 +346,28 @@ def _reduced_artifact(
     gate_speech: Callable[[], GateSpeech],
     artifact: Path,
     say: Progress,
+    *,
+    own_speech: bool,
 ) -> tuple[Provenance, ParityReport] | PrecisionChoice:
     """bf16/fp16/int8: the saved file through the speech gate; where `auto` gives up, the PrecisionChoice it
-    tries next (PrecisionChoice.fallback)."""
+    tries next (PrecisionChoice.fallback). int8 rounds its weights on espeak-ng speech apart from the
+    gate's, or, with the operator's own speech (`own_speech`), on some of their files and gates on the rest."""
     precision = choice.precision
     try:
         clips, source = gate_speech()
-        calibration = _calibration_speech(description, say) if precision == "int8" else []
+        calibration: list[FloatArray] = []
+        if precision == "int8" and own_speech:
+            kept, clips = split_calibration(clips)
+            calibration = [normalise(clip, do_normalize=description.do_normalize) for clip in kept]
+            seconds = sum(clip.size for clip in kept) / description.sample_rate
+            source = f"{source}; {len(kept)} others, {seconds:.0f} s, rounded the int8 weights"
+            if seconds < MIN_CALIBRATION_S:
+                say(
+                    f"warning: int8's weights are rounded on {seconds:.0f} s of your speech ({len(kept)} files); "
+                    f"about {MIN_CALIBRATION_S:.0f} s or more rounds them as well as espeak-ng's default does"
+                )
+        elif precision == "int8":
+            calibration = _calibration_speech(description, say)
     except SpeechUnavailableError as error:
         if choice.automatic:
             fallback = choice.fallback(f"no speech to gate {precision} on")
@@ -375,6 +399,12 @@ def _reduced_artifact(
     say(f"precision gate: {precision} against eager fp32 on {len(clips)} speech clips ({source})")
     report = _gate(reloaded, loaded, description, clips, source, precision, device, say)
     say(report.summary())
+    if report.top1_tested < MIN_TOP1_TESTED:
+        say(
+            f"warning: the gate's top-1 check tested {report.top1_tested} clip(s): under eager fp32 the other "
+            f"{report.ties} are within {report.limits.max_abs_prob_diff:g} of a tie, where a label may go either "
+            "way; it vouches for few labels (more or other speech: --gate-audio DIR)"
+        )
     if not report.passed:
         verdict = (
             f"the {precision} TorchScript fails the precision gate: max |Δprob| {report.max_abs_prob_diff:.3g} "
@@ -420,6 +450,18 @@ def _espeak_gate_speech(description: ModelDescription, say: Progress) -> GateSpe
     shortest, longest = _speech_range_s(description)
     clips = synthesise(GATE_CLIPS, sample_rate=description.sample_rate, min_s=shortest, max_s=longest)
     return clips, f"espeak-ng, {len(VOICES)} voices"
+
+
+def split_calibration(clips: Sequence[FloatArray]) -> tuple[list[FloatArray], list[FloatArray]]:
+    """The operator's clips for int8: every third (at most CALIBRATION_CLIPS) to round the weights on,
+    the rest for the gate, so that the gate never judges the rounding on speech it was fitted to."""
+    if len(clips) < MIN_OWN_CLIPS:
+        raise SpeechUnavailableError(
+            f"int8 needs at least {MIN_OWN_CLIPS} files in --gate-audio, some to round its weights on and the "
+            f"others, apart, to gate them; found {len(clips)}"
+        )
+    kept = set(range(0, len(clips), 3)[:CALIBRATION_CLIPS])
+    return [clips[i] for i in sorted(kept)], [clip for i, clip in enumerate(clips) if i not in kept]
 
 
 def calibration_speech(

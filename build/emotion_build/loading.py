@@ -11,10 +11,8 @@ from __future__ import annotations
 import dataclasses
 import logging
 import os
-import socket
 from pathlib import Path
 from typing import Any, Literal
-from urllib.parse import urlsplit
 
 import torch
 from transformers import AutoConfig, AutoModelForAudioClassification, Wav2Vec2FeatureExtractor
@@ -109,15 +107,19 @@ def random_checkpoint(config: Any, *, seed: int, source: str) -> LoadedModel:
 
 
 def _hub_reachable(timeout_s: float = 5.0) -> bool:
-    """A plain TCP probe: the hub client's own retries take about a minute to give up offline."""
+    """One HEAD request to the Hub through huggingface_hub's own HTTP session, so that the proxies it
+    would use (HTTPS_PROXY, HTTP_PROXY, NO_PROXY) decide here too; its downloads' own retries take
+    about a minute to give up offline. Any answer, whatever its status, means reachable."""
     if os.environ.get("HF_HUB_OFFLINE", "0") not in ("0", "", "false"):
         return False
-    host = urlsplit(os.environ.get("HF_ENDPOINT", "https://huggingface.co")).hostname or "huggingface.co"
+    from huggingface_hub import get_session  # huggingface_hub's HTTP client: only here, only when online
+
+    endpoint = os.environ.get("HF_ENDPOINT") or "https://huggingface.co"
     try:
-        with socket.create_connection((host, 443), timeout=timeout_s):
-            return True
-    except OSError:
+        get_session().head(endpoint, timeout=timeout_s)
+    except Exception:  # its HTTP client's errors, whichever library it uses: no answer came
         return False
+    return True
 
 
 def _root_cause(error: BaseException) -> str:

@@ -134,6 +134,10 @@ class TritonServer:
         return self._endpoints
 
     @property
+    def model_repository(self) -> Path:
+        return self._model_repository
+
+    @property
     def pid(self) -> int | None:
         """The tritonserver pid, also its process group id; None before start()."""
         return None if self._process is None else self._process.pid
