@@ -106,7 +106,7 @@ def libtorch_triton(libtorch_repository: Path, libtorch_backends: Path) -> Itera
 def auto_repository(tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """What users get: the default export (`--dtype auto`) of the same model, with the same batching."""
     output = tmp_path_factory.mktemp("auto-repo") / "model_repository"
-    return export_cpu_repository(tiny_model_dir, output, "--dtype", "auto", *TEST_BATCHING)
+    return export_cpu_repository(tiny_model_dir, output, "--dtype", "auto", "--engine", "auto", *TEST_BATCHING)
 
 
 @pytest.fixture(scope="session")

@@ -16,10 +16,13 @@ def export_cpu_repository(model_dir: Path, output: Path, *options: str) -> Path:
 def export_repository(model_dir: Path, output: Path, target: str, *options: str) -> Path:
     """A repository of `target` (gpu with --classifier-on-cpu: the libtorch classifier on this CPU).
 
-    fp32 unless the options say otherwise: the tests compare served answers with eager HF to 1e-4,
-    which only fp32 keeps (the default `auto` takes int8 or bf16 on CPUs that have them)."""
+    TorchScript in fp32 unless the options say otherwise: the tests compare served answers with eager
+    HF to 1e-4, which only fp32 keeps, and the shared servers cover the TorchScript runner this way;
+    what `auto` picks (OpenVINO, int8 or bf16 on CPUs that compute them) is served as `python-auto`."""
     if "--dtype" not in options:
         options = ("--dtype", "fp32", *options)
+    if "--engine" not in options and target == "cpu":
+        options = ("--engine", "torchscript", *options)
     subprocess.run(
         [
             sys.executable,

@@ -100,7 +100,9 @@ def test_the_runner_reports_whether_bf16_is_emulated_here(bf16_server: TritonSer
 
 
 def export_tiny(tiny: LoadedModel, output: Path, **options: Any) -> Provenance:
+    """TorchScript unless `engine` says otherwise: these tests are of its precisions and gate."""
     description = describe(tiny, batching=BatchingSettings(), min_duration_s=0.1, max_duration_s=30.0)
+    options.setdefault("engine", "torchscript")
     return export(tiny, output, "cpu", description, progress=lambda _: None, **options).provenance
 
 

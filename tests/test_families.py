@@ -168,6 +168,7 @@ def test_reduced_precision_gates_pass_on_speech(
             dtype=dtype,
             gate_speech=(speech, "three espeak-ng clips"),
             progress=lambda _: None,
+            engine="torchscript",
         )
         gate = result.provenance.gate
         gated = len(speech) - (1 if dtype == "int8" else 0)

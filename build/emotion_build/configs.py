@@ -107,6 +107,8 @@ def classifier_config(description: ModelDescription, target: Target) -> mc.Model
     on_gpu = target != "cpu" and not batching.classifier_on_cpu
     kind = mc.ModelInstanceGroup.KIND_GPU if on_gpu else mc.ModelInstanceGroup.KIND_CPU
     if target == "gpu":
+        if description.engine != "torchscript":
+            raise ValueError(f"the {description.engine} engine is for the cpu target")
         config.platform = "pytorch_libtorch"
         # Each batch item's length: the libtorch backend answers a request of n clips with n rows, which the
         # accumulated count alone cannot tell apart from one clip (served_classifier.py).
@@ -119,6 +121,8 @@ def classifier_config(description: ModelDescription, target: Target) -> mc.Model
         config.instance_group.add(kind=kind, count=batching.classifier_instances)
         _parameters(config, {"INFERENCE_MODE": "true"})
     elif target in ("cpu", "gpu-python"):
+        if description.engine != "torchscript" and target != "cpu":
+            raise ValueError(f"the {description.engine} engine is for the cpu target")
         config.backend = "python"
         config.instance_group.add(kind=kind, count=batching.classifier_instances)
         # The runner checks each clip on its own too: the classifier is reachable without the ensemble,
@@ -131,6 +135,7 @@ def classifier_config(description: ModelDescription, target: Target) -> mc.Model
                 "min_samples": str(description.min_samples),
                 "max_samples": str(description.max_samples),
                 "weights_dtype": description.weights_dtype,
+                "engine": description.engine,
             },
         )
         _parameters(

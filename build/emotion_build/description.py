@@ -177,6 +177,8 @@ class Provenance:
     """Why the weights are in `dtype`: asked for, or what `--dtype auto` found on the exporting machine."""
     gate: Mapping[str, object] | None = None
     """The reduced-precision gate's figures on speech against eager fp32 (None for fp32 exports)."""
+    engine: str = "torchscript"
+    """What runs the classifier: "torchscript" (model.pt) or "openvino" (model.xml + model.bin, cpu target)."""
     description: Mapping[str, object] | None = None
     """The ModelDescription the configs were rendered from (ModelDescription.record); None in older exports."""
 
@@ -208,6 +210,8 @@ class ModelDescription:
     weights_dtype: str = "float32"
     """Precision of the classifier's weights (float32, bfloat16, float16, int8+bfloat16: int8 encoder
     products, the rest bf16); tensors in and out are float32."""
+    engine: str = "torchscript"
+    """What runs the classifier (precision.Engine): the runner loads model.pt, or the OpenVINO IR."""
 
     def __post_init__(self) -> None:
         if not self.labels:
@@ -294,4 +298,5 @@ def ensemble_parameters(description: ModelDescription) -> dict[str, str]:
         "max_abs_amplitude": repr(description.max_abs_amplitude),
         "untrained": "true" if description.untrained else "false",
         "weights_dtype": description.weights_dtype,
+        "engine": description.engine,
     }

@@ -18,9 +18,11 @@ import torch
 import transformers
 from torch import nn
 
+from . import openvino_export
 from .batched_classifier import ConvForm, RaggedEmotionClassifier
 from .description import (
     MAX_ABS_AMPLITUDE,
+    MODEL_FILE,
     BatchingSettings,
     ModelDescription,
     Provenance,
@@ -29,12 +31,14 @@ from .description import (
 )
 from .int8_products import calibrate, unchecked, with_int8_linears
 from .loading import LoadedModel
+from .openvino_export import OpenVinoUnavailableError, openvino_available
 from .precision import (
     FALLBACKS,
     GATE_CLIPS,
     MIN_TOP1_TESTED,
     PROVENANCE_NAMES,
     TORCH_DTYPES,
+    EngineRequest,
     GateReport,
     Precision,
     PrecisionChoice,
@@ -46,6 +50,7 @@ from .repository import write_repository
 from .served_classifier import UNLIMITED_SAMPLES, serve_form, strip_source_paths
 from .speech import VOICES, SpeechUnavailableError, synthesise
 from .triton_models.cpu_features import cpu_flags
+from .triton_models.openvino_engine import IR_FILE
 from .triton_models.waveform import FloatArray, normalise
 
 __all__ = [
@@ -61,6 +66,8 @@ __all__ = [
     "trace",
 ]
 
+ENGINE_NAMES = {"torchscript": "TorchScript", "openvino": "OpenVINO"}
+IR_WEIGHTS_FILE = "model.bin"
 PARITY_TOLERANCE = 1e-4
 """Largest |TorchScript - eager| logit accepted in fp32."""
 CALIBRATION_CLIPS = 16
@@ -171,14 +178,16 @@ def trace(
 
 
 def check_parity(
-    scripted: torch.jit.ScriptModule,
+    scripted: Callable[[torch.Tensor, torch.Tensor], tuple[torch.Tensor, ...]],
     loaded: LoadedModel,
     description: ModelDescription,
     lengths: Sequence[int],
     *,
     device: str = "cpu",
+    engine: str = "TorchScript",
 ) -> ParityReport:
-    """The scripted module (on `device`) against the eager fp32 model (on CPU), alone and in one batch."""
+    """The exported module (on `device`; `engine` names it in messages) against the eager fp32 model (on
+    CPU), alone and in one batch."""
     rng = np.random.default_rng(1234)
     clips = [
         normalise((0.1 * rng.standard_normal(n)).astype(np.float32), do_normalize=description.do_normalize)
@@ -202,8 +211,8 @@ def check_parity(
         + ", ".join(f"{lengths[i] / rate:.2f} s" for i in bad.nonzero().flatten().tolist())
         for side, logits in (
             ("the eager Hugging Face model (the checkpoint itself)", eager),
-            ("the TorchScript export, each clip alone,", alone),
-            ("the TorchScript export, the clips in one ragged batch,", batched),
+            (f"the {engine} export, each clip alone,", alone),
+            (f"the {engine} export, the clips in one ragged batch,", batched),
         )
         if bool((bad := ~torch.isfinite(logits).all(dim=-1)).any())
     )
@@ -232,17 +241,21 @@ def export(
     dtype: PrecisionRequest = "auto",
     gate_speech: GateSpeech | None = None,
     machine_flags: frozenset[str] | None = None,
+    engine: EngineRequest = "auto",
 ) -> ExportResult:
-    """Trace, check and write the repository in the precision `dtype` asks for.
+    """Convert, check and write the repository on the engine and in the precision asked for.
 
-    `auto` takes bf16 for the cpu target where this CPU computes it natively (`machine_flags`:
-    /proc/cpuinfo's by default), else fp32. A reduced precision is traced on CUDA when a GPU
-    target has one, and must pass the speech gate (`gate_speech`, or espeak-ng clips) against the
-    eager fp32 model; an explicit request fails when it does not, `auto` falls back to fp32 and
-    says why (as it does when there is no speech to gate on)."""
+    The cpu target runs OpenVINO where it is installed (`engine` auto), else TorchScript; the GPU
+    targets TorchScript. `auto` precision takes int8, then bf16, where this CPU computes them
+    natively (`machine_flags`: /proc/cpuinfo's by default), else fp32. A reduced precision is traced
+    on CUDA when a GPU target has one, and must pass the speech gate (`gate_speech`, or espeak-ng
+    clips) against the eager fp32 model; an explicit request fails when it does not, `auto` falls
+    back (int8, bf16, fp32) and says why (as it does when there is no speech to gate on), and an
+    automatic OpenVINO that cannot convert or check the model gives way to TorchScript."""
     say = progress or (lambda message: print(message, file=sys.stderr, flush=True))
-    choice = choose_precision(dtype, target, cpu_flags() if machine_flags is None else machine_flags)
-    say(f"precision: {choice.precision} ({choice.reason})")
+    flags = cpu_flags() if machine_flags is None else machine_flags
+    choice = choose_precision(dtype, target, flags, engine=engine, openvino=openvino_available())
+    say(f"engine: {choice.engine}; precision: {choice.precision} ({choice.reason})")
     if check_lengths is None:
         rng = np.random.default_rng(7)
         upper = min(description.max_samples, 8 * description.sample_rate)
@@ -254,24 +267,77 @@ def export(
             }
         )
     with tempfile.TemporaryDirectory(prefix="emotion-export-") as scratch:
-        artifact = Path(scratch) / "model.pt"
         # Synthesised once, however many precisions `auto` tries on it.
         speech = functools.cache(lambda: gate_speech or _espeak_gate_speech(description, say))
-        outcome: tuple[Provenance, ParityReport] | PrecisionChoice = choice
-        while isinstance(outcome, PrecisionChoice):  # auto falls back: int8 -> bf16 -> fp32
+        outcome: Artifact | PrecisionChoice = choice
+        while isinstance(outcome, PrecisionChoice):  # auto falls back: int8 -> bf16 -> fp32, OpenVINO -> TorchScript
             choice = outcome
-            if choice.precision == "fp32":
-                outcome = _fp32_artifact(loaded, description, target, choice, check_lengths, artifact, say)
-            else:
-                outcome = _reduced_artifact(
-                    loaded, description, target, choice, speech, artifact, say, own_speech=gate_speech is not None
-                )
-        provenance, parity = outcome
-        description = dataclasses.replace(description, weights_dtype=provenance.dtype)
+            directory = Path(tempfile.mkdtemp(prefix=f"{choice.engine}-{choice.precision}-", dir=scratch))
+            try:
+                if choice.precision == "fp32":
+                    outcome = _fp32_artifact(loaded, description, target, choice, check_lengths, directory, say)
+                else:
+                    outcome = _reduced_artifact(
+                        loaded, description, target, choice, speech, directory, say, own_speech=gate_speech is not None
+                    )
+            except OpenVinoUnavailableError as error:
+                if not choice.engine_automatic:
+                    raise ExportError(f"--engine openvino: {error}") from error
+                outcome = choice.on_torchscript(str(error))
+                say(f"warning: {error}; exporting with TorchScript instead")
+        provenance, parity, files = outcome
+        description = dataclasses.replace(description, weights_dtype=provenance.dtype, engine=provenance.engine)
         provenance = dataclasses.replace(provenance, description=description.record())
         say(f"writing the {target} repository to {output}")
-        write_repository(output, description, target, artifact=artifact, provenance=provenance)
+        write_repository(output, description, target, artifacts=files, provenance=provenance)
     return ExportResult(output, description, provenance, parity)
+
+
+Artifact = tuple[Provenance, ParityReport, dict[str, Path]]
+"""What one attempt made: its record, its check, and the classifier's files by their name in the repository."""
+CheckedModule = Callable[[torch.Tensor, torch.Tensor], tuple[torch.Tensor, ...]]
+"""The exported classifier as the checks call it: flat clips and their ends -> logits first."""
+
+
+def _built(
+    loaded: LoadedModel,
+    description: ModelDescription,
+    target: Target,
+    choice: PrecisionChoice,
+    directory: Path,
+    say: Progress,
+    *,
+    calibration: Sequence[FloatArray] = (),
+    device: str = "cpu",
+) -> tuple[CheckedModule, dict[str, Path]]:
+    """The classifier in `choice`'s engine and precision, saved in `directory` and loaded back as it
+    will be served: the module the checks run, and the files."""
+    precision = choice.precision
+    if choice.engine == "openvino":
+        say(f"converting {loaded.source} to OpenVINO ({precision}, one clip at a time)")
+        xml = openvino_export.save(openvino_export.convert(loaded, precision, calibration), directory)
+        try:
+            module: CheckedModule = openvino_export.EngineModule(xml, precision)
+        except Exception as error:  # OpenVINO's compile errors come from its plugin
+            raise openvino_export.OpenVinoUnavailableError(f"OpenVINO could not compile the model: {error}") from error
+        return module, {IR_FILE: xml, IR_WEIGHTS_FILE: xml.with_suffix(".bin")}
+    conv_form = conv_form_for(target)
+    say(f"tracing {loaded.source} to TorchScript ({precision} weights, {conv_form} convolutions, on {device})")
+    artifact = directory / MODEL_FILE
+    trace(
+        loaded,
+        description.sample_rate,
+        dtype=precision,
+        device=device,
+        conv_form=conv_form,
+        max_samples=description.max_samples,
+        calibration=calibration,
+    ).save(str(artifact))
+    strip_source_paths(artifact)
+    reloaded: torch.jit.ScriptModule = torch.jit.load(  # type: ignore[no-untyped-call]
+        str(artifact), map_location=device
+    )
+    return reloaded, {MODEL_FILE: artifact}
 
 
 def _provenance(
@@ -287,6 +353,7 @@ def _provenance(
         precision_choice=choice.reason,
         traced_on=traced_on,
         conv_form=conv_form_for(target),
+        engine=choice.engine,
         **measured,  # type: ignore[arg-type]
     )
 
@@ -297,27 +364,28 @@ def _fp32_artifact(
     target: Target,
     choice: PrecisionChoice,
     check_lengths: Sequence[int],
-    artifact: Path,
+    directory: Path,
     say: Progress,
-) -> tuple[Provenance, ParityReport]:
+) -> Artifact:
     """fp32: the saved file against eager HF in logits, alone and in one ragged batch, to PARITY_TOLERANCE."""
-    conv_form = conv_form_for(target)
     sample_rate = description.sample_rate
-    say(f"tracing {loaded.source} to TorchScript (fp32 weights, {conv_form} convolutions, on cpu)")
-    trace(loaded, sample_rate, conv_form=conv_form, max_samples=description.max_samples).save(str(artifact))
-    strip_source_paths(artifact)
-    reloaded: torch.jit.ScriptModule = torch.jit.load(str(artifact))  # type: ignore[no-untyped-call]
+    module, files = _built(loaded, description, target, choice, directory, say)
+    engine = ENGINE_NAMES[choice.engine]
     say(
-        f"checking the saved TorchScript file against the eager model on {len(check_lengths)} lengths: "
+        f"checking the saved {engine} file against the eager model on {len(check_lengths)} lengths: "
         + ", ".join(f"{n / sample_rate:.2f} s" for n in check_lengths)
     )
-    parity = check_parity(reloaded, loaded, description, check_lengths)
+    parity = check_parity(module, loaded, description, check_lengths, engine=engine)
     if parity.non_finite:
         raise ExportError("; ".join(parity.non_finite) + " (random noise clips, normalised as the server does)")
     worst = max(parity.max_abs_logit_diff, parity.batched_max_abs_logit_diff)
     if not worst <= PARITY_TOLERANCE:
+        if choice.engine_automatic:
+            raise openvino_export.OpenVinoUnavailableError(
+                f"OpenVINO's fp32 differs from the eager model by {worst:.3g} in logits (limit {PARITY_TOLERANCE:g})"
+            )
         raise ExportError(
-            f"TorchScript differs from the eager model by {worst:.3g} in logits "
+            f"{engine} differs from the eager model by {worst:.3g} in logits "
             f"(alone {parity.max_abs_logit_diff:.3g}, batched {parity.batched_max_abs_logit_diff:.3g}); "
             f"the limit is {PARITY_TOLERANCE:g}"
         )
@@ -335,7 +403,7 @@ def _fp32_artifact(
         max_abs_prob_diff=parity.max_abs_prob_diff,
         top1_agreement=parity.top1_agreement,
     )
-    return provenance, parity
+    return provenance, parity, files
 
 
 def _reduced_artifact(
@@ -344,11 +412,11 @@ def _reduced_artifact(
     target: Target,
     choice: PrecisionChoice,
     gate_speech: Callable[[], GateSpeech],
-    artifact: Path,
+    directory: Path,
     say: Progress,
     *,
     own_speech: bool,
-) -> tuple[Provenance, ParityReport] | PrecisionChoice:
+) -> Artifact | PrecisionChoice:
     """bf16/fp16/int8: the saved file through the speech gate; where `auto` gives up, the PrecisionChoice it
     tries next (PrecisionChoice.fallback). int8 rounds its weights on espeak-ng speech apart from the
     gate's, or, with the operator's own speech (`own_speech`), on some of their files and gates on the rest."""
@@ -375,29 +443,15 @@ def _reduced_artifact(
             return fallback
         raise ExportError(f"the {precision} precision gate needs speech: {error}") from error
     device = "cuda" if target != "cpu" and torch.cuda.is_available() else "cpu"
-    conv_form = conv_form_for(target)
     if precision == "int8":
+        how = "GPTQ" if choice.engine == "torchscript" else "NNCF's post-training quantization"
         say(
-            f"rounding the encoder's linear maps to int8 (GPTQ on {len(calibration)} calibration clips: "
+            f"rounding the encoder's linear maps to int8 ({how} on {len(calibration)} calibration clips: "
             "about a minute at full size on 2 cores)"
         )
-    say(f"tracing {loaded.source} to TorchScript ({precision} weights, {conv_form} convolutions, on {device})")
-    module = trace(
-        loaded,
-        description.sample_rate,
-        dtype=precision,
-        device=device,
-        conv_form=conv_form,
-        max_samples=description.max_samples,
-        calibration=calibration,
-    )
-    module.save(str(artifact))
-    strip_source_paths(artifact)
-    reloaded: torch.jit.ScriptModule = torch.jit.load(  # type: ignore[no-untyped-call]
-        str(artifact), map_location=device
-    )
+    module, files = _built(loaded, description, target, choice, directory, say, calibration=calibration, device=device)
     say(f"precision gate: {precision} against eager fp32 on {len(clips)} speech clips ({source})")
-    report = _gate(reloaded, loaded, description, clips, source, precision, device, say)
+    report = _gate(module, loaded, description, clips, source, precision, device, say)
     say(report.summary())
     if report.top1_tested < MIN_TOP1_TESTED:
         say(
@@ -407,11 +461,13 @@ def _reduced_artifact(
         )
     if not report.passed:
         verdict = (
-            f"the {precision} TorchScript fails the precision gate: max |Δprob| {report.max_abs_prob_diff:.3g} "
+            f"the {precision} {ENGINE_NAMES[choice.engine]} fails the precision gate: max |Δprob| "
+            f"{report.max_abs_prob_diff:.3g} "
             f"(limit {report.limits.max_abs_prob_diff:g}), top-1 agreement {report.top1_agreement:.1%} "
             f"(limit {report.limits.min_top1_agreement:.0%})"
             if math.isfinite(report.max_abs_prob_diff)
-            else f"the {precision} TorchScript fails the precision gate: its probabilities (or eager fp32's) are "
+            else f"the {precision} {ENGINE_NAMES[choice.engine]} fails the precision gate: its probabilities (or "
+            "eager fp32's) are "
             f"NaN or infinite on some of the {report.clips} speech clips, alone or batched"
         )
         if choice.automatic:
@@ -436,7 +492,7 @@ def _reduced_artifact(
         top1_agreement=report.top1_agreement,
         gate=report.record(),
     )
-    return provenance, parity
+    return provenance, parity, files
 
 
 def _speech_range_s(description: ModelDescription) -> tuple[float, float]:
@@ -483,7 +539,7 @@ def _calibration_speech(description: ModelDescription, say: Progress) -> list[Fl
 
 
 def _gate(
-    module: torch.jit.ScriptModule,
+    module: CheckedModule,
     loaded: LoadedModel,
     description: ModelDescription,
     clips: Sequence[FloatArray],

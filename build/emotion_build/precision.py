@@ -25,6 +25,7 @@ from .triton_models.ragged import concatenate
 from .triton_models.waveform import FloatArray
 
 __all__ = [
+    "ENGINES",
     "FALLBACKS",
     "GATE_BATCH_SIZE",
     "GATE_CLIPS",
@@ -33,6 +34,8 @@ __all__ = [
     "PRECISIONS",
     "PROVENANCE_NAMES",
     "TORCH_DTYPES",
+    "Engine",
+    "EngineRequest",
     "GateLimits",
     "GateReport",
     "Precision",
@@ -46,6 +49,11 @@ Precision = Literal["fp32", "fp16", "bf16", "int8"]
 """The weights' precision in model.pt; the tensors in and out are float32 either way. int8: the
 encoder's linear maps as int8 products (int8_products.py), everything else bf16."""
 PrecisionRequest = Literal["auto", "fp32", "fp16", "bf16", "int8"]
+Engine = Literal["torchscript", "openvino"]
+"""What runs the cpu target's classifier: the TorchScript module (every target's reference, the GPU
+targets' format) or its OpenVINO conversion (triton_models/openvino_engine.py)."""
+EngineRequest = Literal["auto", "torchscript", "openvino"]
+ENGINES: tuple[Engine, ...] = ("torchscript", "openvino")
 PRECISIONS: tuple[Precision, ...] = ("fp32", "bf16", "fp16", "int8")
 TORCH_DTYPES: dict[Precision, torch.dtype] = {
     "fp32": torch.float32,
@@ -99,18 +107,51 @@ class PrecisionChoice:
     """Why this precision, as export.json records it (asked for, or what `auto` found)."""
     automatic: bool
     """Chosen by `auto`: a failed gate or missing speech then falls back (fallback) instead of failing."""
+    engine: Engine = "torchscript"
+    engine_automatic: bool = False
+    """The engine was chosen by `--engine auto`: where OpenVINO cannot convert or check the model, the
+    export goes on with TorchScript (on_torchscript) instead of failing."""
 
     def fallback(self, why: str) -> PrecisionChoice:
-        """What `auto` tries next when this precision cannot be used: int8 -> bf16 -> fp32."""
-        return PrecisionChoice(FALLBACKS[self.precision], f"{self.reason}, but {why}", automatic=True)
+        """What `auto` tries next when this precision cannot be used: int8 -> bf16 -> fp32, on the same engine."""
+        return dataclasses.replace(
+            self, precision=FALLBACKS[self.precision], reason=f"{self.reason}, but {why}", automatic=True
+        )
+
+    def on_torchscript(self, why: str) -> PrecisionChoice:
+        """The same precision on TorchScript, when OpenVINO cannot serve this model."""
+        return dataclasses.replace(self, engine="torchscript", reason=f"{self.reason}; TorchScript, as {why}")
 
 
-def choose_precision(requested: PrecisionRequest, target: Target, cpu_flags: frozenset[str]) -> PrecisionChoice:
-    """`auto` for the cpu target: int8 products where the exporting CPU has int8 dot products and bf16
-    instructions, bf16 where it has bf16 only, else fp32.
+def choose_precision(
+    requested: PrecisionRequest,
+    target: Target,
+    cpu_flags: frozenset[str],
+    *,
+    engine: EngineRequest = "torchscript",
+    openvino: bool = False,
+) -> PrecisionChoice:
+    """The engine and precision to try first. The cpu target runs OpenVINO where it is installed
+    (`openvino`) unless `engine` says TorchScript: it ran the same model 1.7-2x faster on two
+    Sapphire Rapids threads in bf16 (docs/benchmarks.md). `auto` precision for the cpu target: int8
+    where the exporting CPU has int8 dot products and bf16 instructions, bf16 where it has bf16
+    only, else fp32; the gate, and `auto`'s fallbacks, decide what is exported.
 
-    The GPU targets stay fp32 unless asked: which half precision is faster there is measured on a
-    GPU (benchmarks/gpu_run.sh), and fp16 is not native on the CPU that exports them."""
+    The GPU targets stay TorchScript, fp32 unless asked: which half precision is faster there is
+    measured on a GPU (benchmarks/gpu_run.sh), and fp16 is not native on the CPU that exports them."""
+    choice = _precision(requested, target, cpu_flags)
+    if target != "cpu":
+        if engine == "openvino":
+            raise ValueError("--engine openvino is for the cpu target; the GPU targets serve TorchScript")
+        return choice
+    if engine == "openvino" and not openvino:
+        raise ValueError("--engine openvino needs the openvino package (pip install 'emotion-build[openvino]')")
+    if engine == "torchscript" or not openvino:
+        return choice
+    return dataclasses.replace(choice, engine="openvino", engine_automatic=engine == "auto")
+
+
+def _precision(requested: PrecisionRequest, target: Target, cpu_flags: frozenset[str]) -> PrecisionChoice:
     if requested != "auto":
         if requested == "fp16" and target == "cpu":
             raise ValueError("--dtype fp16 is for the GPU targets (gpu, gpu-python); on a CPU use bf16")

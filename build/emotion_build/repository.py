@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import shutil
+from collections.abc import Mapping
 from importlib import resources
 from pathlib import Path
 
@@ -11,7 +12,6 @@ from .description import (
     CLASSIFIER_MODEL,
     ENSEMBLE_MODEL,
     LABELS_FILE,
-    MODEL_FILE,
     PREPROCESS_MODEL,
     PROVENANCE_FILE,
     ModelDescription,
@@ -31,6 +31,7 @@ _RUNNER_SOURCES = (
     ("classifier_model.py", "model.py"),
     ("cpu_features.py", "cpu_features.py"),
     ("heap.py", "heap.py"),
+    ("openvino_engine.py", "openvino_engine.py"),
     ("ragged.py", "ragged.py"),
     ("shm_pages.py", "shm_pages.py"),
     ("waveform.py", "waveform.py"),
@@ -49,10 +50,13 @@ def write_repository(
     description: ModelDescription,
     target: Target,
     *,
-    artifact: Path,
+    artifacts: Mapping[str, Path],
     provenance: Provenance,
 ) -> None:
-    """Lay the repository out beside `output` and swap it in, so a failed build never leaves half a repo."""
+    """Lay the repository out beside `output` and swap it in, so a failed build never leaves half a repo.
+
+    `artifacts` are the classifier's files by their name in its version directory (model.pt, or the
+    OpenVINO IR's model.xml and model.bin)."""
     output = output.resolve()
     staging = output.with_name(f".{output.name}.partial")
     shutil.rmtree(staging, ignore_errors=True)
@@ -64,7 +68,8 @@ def write_repository(
         for source, destination in MODEL_SOURCES[name][target]:
             (version / destination).write_text(sources.joinpath(source).read_text())
     (staging / ENSEMBLE_MODEL / LABELS_FILE).write_text("".join(f"{label}\n" for label in description.labels))
-    shutil.copyfile(artifact, staging / CLASSIFIER_MODEL / "1" / MODEL_FILE)
+    for name, artifact in artifacts.items():
+        shutil.copyfile(artifact, staging / CLASSIFIER_MODEL / "1" / name)
     (staging / CLASSIFIER_MODEL / "1" / PROVENANCE_FILE).write_text(provenance.to_json())
     _replace(staging, output)
 

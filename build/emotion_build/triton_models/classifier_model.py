@@ -1,12 +1,13 @@
 """Triton Python-backend model `classifier` for servers without the libtorch backend.
 
-It loads the very model.pt that `platform: "pytorch_libtorch"` serves on GPU and feeds it the
-same ragged batch that backend would build, so every target serves one artifact. It runs where
-its instance group puts it: KIND_CPU on the CPU (the cpu target), KIND_GPU on that instance's GPU
-(the gpu-python target, for the pip tritonserver on a GPU machine). Each clip is checked on its
-own first (the classifier can be called without the ensemble): a bad clip gets its own
-INVALID_ARG response, its pages in the stub's shared memory go back to the kernel (shm_pages.py),
-and the rest of the batch runs without it.
+It runs the classifier on one of two engines (the config's `engine` parameter). TorchScript: the
+very model.pt that `platform: "pytorch_libtorch"` serves on GPU, fed the same ragged batch that
+backend would build. OpenVINO (cpu target): the same classifier converted to OpenVINO IR, one clip
+at a time (openvino_engine.py). It runs where its instance group puts it: KIND_CPU on the CPU (the
+cpu target), KIND_GPU on that instance's GPU (the gpu-python target, TorchScript only). Each clip
+is checked on its own first (the classifier can be called without the ensemble): a bad clip gets
+its own INVALID_ARG response, its pages in the stub's shared memory go back to the kernel
+(shm_pages.py), and the rest of the batch runs without it.
 """
 
 from __future__ import annotations
@@ -29,6 +30,9 @@ from heap import keep_freed_memory, malloc_set_by_environment  # copied beside t
 from ragged import concatenate, length_groups, merge_groups, split_rows, unanswered_rows  # copied beside this file
 from shm_pages import release_pages  # copied beside this file
 from waveform import WaveformError, WaveformLimits, validate  # copied beside this file
+
+PRECISIONS = {"float32": "fp32", "bfloat16": "bf16", "int8+bfloat16": "int8"}
+"""The export's precision by the config's weights_dtype, as the OpenVINO engine takes it."""
 
 JIT_SWITCHES: dict[str, Callable[[bool], object]] = {
     "ENABLE_JIT_EXECUTOR": torch._C._jit_set_profiling_executor,
@@ -82,8 +86,19 @@ class TritonPythonModel:
         apply_jit_parameters(parameters)
         weights_dtype = parameters.get("weights_dtype", "float32")
         refuse_int8_off_cpu(weights_dtype, self.device.type)
-        path = os.path.join(args["model_repository"], args["model_version"], "model.pt")
-        self.model = torch.jit.load(path, map_location=self.device).eval()  # type: ignore[no-untyped-call]
+        version = os.path.join(args["model_repository"], args["model_version"])
+        self.openvino: Any = None
+        self.model: Any = None
+        if parameters.get("engine", "torchscript") == "openvino":
+            if self.device.type != "cpu":
+                raise ValueError(f"the OpenVINO engine runs on the CPU; this instance is on {self.device}")
+            from openvino_engine import IR_FILE, OpenVinoEngine  # copied beside this file; imports openvino
+
+            precision = PRECISIONS.get(weights_dtype, "fp32")
+            self.openvino = OpenVinoEngine(os.path.join(version, IR_FILE), threads=threads, precision=precision)
+        else:
+            path = os.path.join(version, "model.pt")
+            self.model = torch.jit.load(path, map_location=self.device).eval()  # type: ignore[no-untyped-call]
         self._warn_if_emulated(weights_dtype)
 
     def _warn_if_emulated(self, weights_dtype: str) -> None:
@@ -92,7 +107,7 @@ class TritonPythonModel:
         (before any request) sent to float32 because torch._int_mm saturates here. Said at load, in
         the log and as a metric an operator can alert on (the export chose the precision on a
         machine that had the instructions; this one may not)."""
-        exact = check_int8_products(self.model) if self.device.type == "cpu" else None
+        exact = check_int8_products(self.model) if self.device.type == "cpu" and self.model is not None else None
         warning = emulation_warning(weights_dtype, cpu_flags(), int8_exact=exact) if self.device.type == "cpu" else None
         family = pb_utils.MetricFamily(
             name="emotion_classifier_precision_emulated",
@@ -112,8 +127,11 @@ class TritonPythonModel:
         on_gpu = args.get("model_instance_kind") == "GPU"
         return f"cuda:{args['model_instance_device_id']}" if on_gpu else "cpu"
 
-    def _forward(self, clips: list[Any]) -> list[torch.Tensor]:
-        """The model on clips of similar length at a time, outputs back in the batch's order."""
+    def _forward(self, clips: list[Any]) -> list[Any]:
+        """The model on clips of similar length at a time (OpenVINO: one at a time), outputs back in the
+        batch's order."""
+        if self.openvino is not None:
+            return [torch.from_numpy(rows) for rows in self.openvino.run(clips)]
         groups = length_groups([clip.size for clip in clips], max_padding=self.max_padding)
         outputs = []
         with torch.inference_mode():
@@ -151,7 +169,7 @@ class TritonPythonModel:
     def _run(self, clips: list[Any]) -> list[Any]:
         try:
             outputs = self._forward(clips)
-        except RuntimeError as error:
+        except RuntimeError as error:  # TorchScript's and OpenVINO's failures alike
             message = f"classifier failed on a batch of {len(clips)}: {error}"
             return [pb_utils.InferenceResponse(error=pb_utils.TritonError(message)) for _ in clips]
         arrays = [np.ascontiguousarray(output.numpy()) for output in outputs]
