@@ -16,7 +16,7 @@ from test_end_to_end import eager_probabilities, in_label_order
 from emotion_build import openvino_export
 from emotion_build.description import BatchingSettings, Provenance
 from emotion_build.export import describe, export
-from emotion_build.families import FAMILY_NAMES
+from emotion_build.families import FAMILY_NAMES, FamilyName
 from emotion_build.loading import LoadedModel, random_model
 from emotion_build.precision import choose_precision
 from emotion_build.server import TritonServer
@@ -32,7 +32,7 @@ def export_on(loaded: LoadedModel, output: Path, **options: Any) -> Provenance:
 
 
 @pytest.mark.parametrize("family", FAMILY_NAMES)
-def test_every_family_converts_with_fp32_parity(family: str, tmp_path: Path) -> None:
+def test_every_family_converts_with_fp32_parity(family: FamilyName, tmp_path: Path) -> None:
     provenance = export_on(random_model("tiny", family=family, seed=2), tmp_path / "repo", dtype="fp32")
     assert provenance.engine == "openvino", provenance.precision_choice
     assert provenance.max_abs_logit_diff is not None and provenance.max_abs_logit_diff <= 1e-4
