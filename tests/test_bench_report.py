@@ -1,8 +1,9 @@
 """The throughput bench's report from a saved run, byte for byte.
 
 tests/data/throughput_run.json is a `--quick --random-init tiny --workloads 1s mixed` run's --json
-file (its command is in its context), its numbers rounded to four decimals and one note added by
-hand so that every table and list is rendered. throughput_run.md is what `throughput.py --render`
+file (its command is in its context), its numbers rounded to four decimals, and one note and two
+peers (one within the gate, one not, with made-up points) added by hand so that every table and
+list is rendered. throughput_run.md is what `throughput.py --render`
 made of it, and throughput_tune.md what `tune_markdown` made of two candidates built from its
 served points: a change to the measuring code must not move a byte of the tables (the split into
 benchmarks/speed/ moved none); a change to the tables on purpose renders them again.
@@ -36,12 +37,23 @@ def test_a_saved_run_reads_back_and_saves_the_same_bytes() -> None:
     run = Run.from_json(text)
     assert run.to_json() == text
     assert [w.name for w in run.workloads] == ["1 s", "mixed"]
-    systems = {"hf", "hf_batch", "hf_bf16", "torchscript", "torchscript_1t", "served", "sdk"}
+    systems = {
+        "hf",
+        "hf_batch",
+        "hf_bf16",
+        "torchscript",
+        "torchscript_1t",
+        "served",
+        "sdk",
+        "peer_ov",
+        "peer_ort_int8",
+    }
     assert {p.system for p in run.points} == systems
     assert set(run.rounds) == {"1 s", "mixed"} and all(len(r.measured) == 6 for r in run.rounds.values())
     assert all(len(r.hf) == len(r.hf_batch) == len(r.served) for r in run.rounds.values())
     assert {pair.against for pair in run.c1_pairs} == {"hf", "in-process"}
     assert run.arithmetic is not None and set(run.arithmetic.gflop_per_audio_s) == {"1 s", "mixed"}
+    assert [(peer.system, peer.passes) for peer in run.peers] == [("peer_ov", True), ("peer_ort_int8", False)]
 
 
 def test_the_tuning_table_of_two_candidates() -> None:

@@ -80,7 +80,10 @@ def parse_args(argv: Sequence[str] | None, *, description: str | None = None) ->
         "(default 3, quick 1; 0: none)",
     )
     parser.add_argument(
-        "--skip", nargs="+", default=[], choices=["hf", "hf-bf16", "torchscript", "served", "sdk", "latency-first"]
+        "--skip",
+        nargs="+",
+        default=[],
+        choices=["hf", "hf-bf16", "torchscript", "served", "sdk", "latency-first", "peers"],
     )
     parser.add_argument("--output", type=Path, default=REPO_ROOT / "docs" / "benchmarks.md")
     parser.add_argument("--plot", type=Path, help="default docs/benchmarks.png (cuda: docs/benchmarks-gpu.png)")

@@ -51,7 +51,8 @@ def describe_served(
         if "served" in args.skip
         else f"a running server at {args.server_url}"
         if args.server_url
-        else f"pip tritonserver {find_tritonserver().version}, {target} target ({runner}), {provenance.dtype}, "
+        else f"pip tritonserver {find_tritonserver().version}, {target} target ({runner}), {provenance.dtype} "
+        f"on {provenance.engine}, "
         f"max batch {settings.max_batch_size}"
         + (f" (a longer queue cut at {settings.cut})" if settings.cut else "")
         + f", queue delay {settings.max_queue_delay_us} µs, "

@@ -7,14 +7,13 @@ import shutil
 from collections.abc import Sequence
 from pathlib import Path
 
-import torch
 from interleaved import PairedLatency, c1_pairs
 
 from emotion_build.description import BatchingSettings
 from emotion_build.triton_models.waveform import FloatArray
 
 from .hf import HFProcess
-from .inprocess import inprocess_call, torch_threads
+from .inprocess import ServedModule, inprocess_call, torch_threads
 from .progress import log
 from .served import rewrite_configs, served, single_requests
 from .systems import LATENCY_FIRST_SERVER
@@ -27,7 +26,7 @@ LATENCY_FIRST = dataclasses.replace(BatchingSettings(), classifier_instances=1, 
 
 
 def paired_c1(
-    module: torch.jit.ScriptModule,
+    module: ServedModule,
     grpc_url: str,
     workload: Workload,
     *,
@@ -99,7 +98,7 @@ def lone_request_pairs(
 def latency_first_pairs(
     repository: Path,
     scratch: Path,
-    module: torch.jit.ScriptModule,
+    module: ServedModule,
     workloads: Sequence[Workload],
     budget_s: float,
     min_pairs: int,

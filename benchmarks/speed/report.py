@@ -9,8 +9,8 @@ from collections.abc import Sequence
 import numpy as np
 from interleaved import PairedLatency
 
-from .ranking import best
-from .results import Interleaved, Point, Run
+from .ranking import at, best
+from .results import Interleaved, PeerFidelity, Point, Run
 from .systems import LATENCY_FIRST_SERVER, SUMMARY_SYSTEMS, SYSTEM_NAMES
 from .targets import TARGETS, verdict
 
@@ -27,6 +27,11 @@ class SummaryRow:
     served_vs_inprocess: tuple[float, ...]
     served_vs_hf: tuple[float, ...]
     served_vs_hf_batched: tuple[float, ...]
+    served_vs_peer: tuple[float, ...]
+    peer: Point | None
+    """The fastest peer within the gate's limit, at its best batch (sweep)."""
+    peer_one_clip: Point | None
+    """That peer one clip per call (its lone-request latency)."""
     paired: dict[str, PairedLatency]
     """Per server: the c=1 pairs of it and the in-process module."""
     lone: PairedLatency | None
@@ -43,10 +48,17 @@ def summary_rows(
     workloads: Sequence[str],
     pairs: Sequence[PairedLatency],
     rounds: dict[str, Interleaved],
+    peers: Sequence[PeerFidelity] = (),
 ) -> list[SummaryRow]:
+    passing = tuple(peer.system for peer in peers if peer.passes)
     rows = []
     for name in workloads:
         srv = best(points, "served", name)
+        peer = max(
+            (found for system in passing if (found := best(points, system, name)) is not None),
+            key=lambda point: point.audio_s_per_s,
+            default=None,
+        )
 
         def sweep_ratio(baseline: str, name: str = name, srv: Point | None = srv) -> tuple[float, ...]:
             reference = best(points, baseline, name)
@@ -61,6 +73,11 @@ def summary_rows(
                 served_vs_inprocess=measured.served_vs_inprocess() if measured else sweep_ratio("torchscript"),
                 served_vs_hf=measured.served_vs_hf() if measured else sweep_ratio("hf"),
                 served_vs_hf_batched=measured.served_vs_hf_batched() if measured else sweep_ratio("hf_batch"),
+                served_vs_peer=measured.served_vs_peer()
+                if measured and measured.peer
+                else ((srv.audio_s_per_s / peer.audio_s_per_s,) if srv and peer else ()),
+                peer=peer,
+                peer_one_clip=None if peer is None else at(points, peer.system, name, 1),
                 paired={pair.server: pair for pair in pairs if pair.workload == name and pair.against != "hf"},
                 lone=next((pair for pair in pairs if pair.workload == name and pair.against == "hf"), None),
             )
@@ -93,6 +110,18 @@ def _added_cell(pair: PairedLatency | None) -> str:
     )
 
 
+def _peer_cell(point: Point | None) -> str:
+    return "-" if point is None else f"{point.audio_s_per_s:.1f} ({SYSTEM_NAMES[point.system]}, B={point.setting})"
+
+
+def _peer_lone_cell(pair: PairedLatency | None, peer: Point | None) -> str:
+    """The served lone request's p50 (c=1 pairs) against the peer's one clip per call p50."""
+    if pair is None or peer is None:
+        return "-"
+    ok = pair.served_p50_ms <= peer.p50_ms + TARGETS.peer_lone_request_ms
+    return f"{pair.served_p50_ms:.0f} vs {peer.p50_ms:.0f} ms {verdict(ok)}"
+
+
 def _lone_cell(pair: PairedLatency | None) -> str:
     if pair is None:
         return "-"
@@ -115,8 +144,11 @@ def markdown(run: Run) -> str:
         "",
         "Throughput in audio-seconds per second (the batch size B or concurrency c it was best at in the sweep). "
         f"Targets: served ≥ {TARGETS.served_vs_hf:g}x the HF pipeline one clip per call and ≥ "
-        f"{TARGETS.served_vs_hf_batched:g}x it with batch_size, ≥ {TARGETS.served_vs_inprocess:g}x the "
-        "in-process module it serves; a lone request served no slower than one clip through the HF pipeline "
+        f"{TARGETS.served_vs_hf_batched:g}x it with batch_size, ≥ {TARGETS.served_vs_peer:g}x the fastest peer "
+        "within the gate's limit of fp32 at its best batch (OpenVINO or ONNX Runtime, a plain loop: the peers "
+        f"table), ≥ {TARGETS.served_vs_inprocess:g}x the in-process module it serves; a lone request served no "
+        f"slower than one clip through the HF pipeline, nor {TARGETS.peer_lone_request_ms:g} ms slower than one "
+        "clip through the best peer "
         f"(p50); latency added at c=1 ≤ {TARGETS.added_latency_ms:g} ms over in-process batch 1. "
         "The ratios are medians over rounds that measure each system's best setting "
         "from the sweep and the one beside it again in turn, taking each round's faster of the two (in brackets "
@@ -131,29 +163,61 @@ def markdown(run: Run) -> str:
         "",
         "| workload | "
         + "".join(f"{system.column} | " for system in SUMMARY_SYSTEMS)
-        + "served / HF | served / HF batched | served / in-process | lone request p50, served vs HF | "
+        + "best peer within the gate | served / HF | served / HF batched | served / best peer | "
+        "served / in-process | lone request p50, served vs HF | lone request p50, served vs best peer one clip | "
         + " | ".join(f"added at c=1, {server} server" for server in servers)
         + " |",
-        "|---|" + "---:|" * (len(SUMMARY_SYSTEMS) + 4) + "---:|" * len(servers),
+        "|---|" + "---:|" * (len(SUMMARY_SYSTEMS) + 7) + "---:|" * len(servers),
     ]
-    for row in summary_rows(points, workloads, pairs, rounds):
+    for row in summary_rows(points, workloads, pairs, rounds, run.peers):
         lines.append(
             f"| {row.workload} "
             + "".join(f"| {_cell(row.best[system.key], system.setting)} " for system in SUMMARY_SYSTEMS)
-            + f"| {_ratio_cell(row.served_vs_hf, TARGETS.served_vs_hf, rounds=row.rounds)} "
+            + f"| {_peer_cell(row.peer)} "
+            f"| {_ratio_cell(row.served_vs_hf, TARGETS.served_vs_hf, rounds=row.rounds)} "
             f"| {_ratio_cell(row.served_vs_hf_batched, TARGETS.served_vs_hf_batched, rounds=row.rounds)} "
+            f"| {_ratio_cell(row.served_vs_peer, TARGETS.served_vs_peer, rounds=row.rounds)} "
             f"| {_ratio_cell(row.served_vs_inprocess, TARGETS.served_vs_inprocess, rounds=row.rounds)} "
             f"| {_lone_cell(row.lone)} "
+            f"| {_peer_lone_cell(row.lone, row.peer_one_clip)} "
             + "".join(f"| {_added_cell(row.paired.get(server))} " for server in servers)
             + "|"
         )
-    lines += _rounds_table(rounds) + _pairs_table(pairs, workloads) + _points_table(points, workloads)
+    lines += _peers_table(run) + _rounds_table(rounds) + _pairs_table(pairs, workloads)
+    lines += _points_table(points, workloads)
     lines += _arithmetic_table(run)
     lines += _breakdown_table(points) + _first_requests_table(run.first_requests)
     if run.notes:
         lines += [""] + [f"- {note}" for note in run.notes]
     lines += ["", f"Command: `{context.command}`; wall time {context.wall_min:.1f} min."]
     return "\n".join(lines)
+
+
+def _peers_table(run: Run) -> list[str]:
+    """Every peer: its fidelity on the gate's speech, and its best point per workload one clip per call and batched."""
+    if not run.peers:
+        return []
+    names = run.workload_names
+    lines = [
+        "",
+        "Peers: the same model on another engine, a plain loop in a process of its own on the same threads "
+        "(benchmarks/speed/peers.py); max |Δprob| against eager fp32 on the export gate's speech, one clip per "
+        "call; audio-s/s one clip per call / in padded batches of 4:",
+        "",
+        "| peer | max \|Δprob\| | within the gate | " + " | ".join(names) + " |",
+        "|---|---:|---|" + "---:|" * len(names),
+    ]
+    for peer in run.peers:
+        cells = []
+        for name in names:
+            one, four = at(run.points, peer.system, name, 1), at(run.points, peer.system, name, 4)
+            cells.append(" / ".join("-" if p is None else f"{p.audio_s_per_s:.1f}" for p in (one, four)))
+        lines.append(
+            f"| {SYSTEM_NAMES[peer.system]} | {peer.max_abs_prob_diff:.4f} | {'yes' if peer.passes else 'no'} | "
+            + " | ".join(cells)
+            + " |"
+        )
+    return lines
 
 
 def _rounds_table(rounds: dict[str, Interleaved]) -> list[str]:
@@ -164,21 +228,23 @@ def _rounds_table(rounds: dict[str, Interleaved]) -> list[str]:
         "The rounds (audio-s/s; each round measures in-process, served and HF in turn at the sweep's best "
         "setting of each, then at the setting beside it; the faster of each system's two is shown):",
         "",
-        "| workload | round | HF, 1 clip/call | HF, batch_size | in-process | served | served / HF "
-        "| served / HF batched | served / in-process |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|---:|",
+        "| workload | round | HF, 1 clip/call | HF, batch_size | best peer | in-process | served | served / HF "
+        "| served / HF batched | served / best peer | served / in-process |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for name, measured in rounds.items():
         count = len(measured.served)
         one, batched = measured.hf or (None,) * count, measured.hf_batch or (None,) * count
+        peer = measured.peer or (None,) * count
         vs_one = measured.served_vs_hf() or (None,) * count
         vs_batched = measured.served_vs_hf_batched() or (None,) * count
+        vs_peer = measured.served_vs_peer() or (None,) * count
         rows = zip(measured.inprocess, measured.served, measured.served_vs_inprocess(), strict=True)
         for index, (ts, srv, ratio) in enumerate(rows):
             lines.append(
                 f"| {name} | {index + 1} | {_cell(one[index], 'B=')} | {_cell(batched[index], 'B=')} "
-                f"| {_cell(ts, 'B=')} | {_cell(srv, 'c=')} | {_plain(vs_one[index])} | {_plain(vs_batched[index])} "
-                f"| {ratio:.2f} |"
+                f"| {_cell(peer[index], 'B=')} | {_cell(ts, 'B=')} | {_cell(srv, 'c=')} | {_plain(vs_one[index])} "
+                f"| {_plain(vs_batched[index])} | {_plain(vs_peer[index])} | {ratio:.2f} |"
             )
     return lines
 

@@ -49,6 +49,11 @@ class Interleaved:
     """Every point the rounds measured, the slower contenders included."""
     hf_batch: tuple[Point, ...] = ()
     """The HF pipeline with batch_size, per round; empty where it was skipped."""
+    peer: tuple[Point, ...] = ()
+    """The fastest peer within the gate's limit (peers.py), per round; empty where none was measured."""
+
+    def served_vs_peer(self) -> tuple[float, ...]:
+        return _ratios(self.served, self.peer)
 
     def served_vs_inprocess(self) -> tuple[float, ...]:
         return _ratios(self.served, self.inprocess)
@@ -83,6 +88,21 @@ class WorkloadSummary:
 
     name: str
     clips: int
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class PeerFidelity:
+    """A peer's answers against eager fp32 on the export gate's speech, one clip per call."""
+
+    system: str
+    max_abs_prob_diff: float
+    clips: int
+    limit: float
+    """The gate's limit (int8's and bf16's): a peer beyond it is shown, not compared with."""
+
+    @property
+    def passes(self) -> bool:
+        return self.max_abs_prob_diff <= self.limit
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -122,6 +142,8 @@ class Run:
     notes: tuple[str, ...]
     arithmetic: Arithmetic | None = None
     """The model's FLOPs per audio-second and the machine's matmul peaks (runs before it lack them)."""
+    peers: tuple[PeerFidelity, ...] = ()
+    """Each peer's fidelity (peers.py); runs before them have none."""
 
     @property
     def workload_names(self) -> list[str]:
@@ -146,4 +168,5 @@ class Run:
             first_requests=tuple((label, ms) for label, ms in saved["first_requests"]),
             notes=tuple(saved["notes"]),
             arithmetic=Arithmetic.from_dict(saved["arithmetic"]) if saved.get("arithmetic") else None,
+            peers=tuple(PeerFidelity(**peer) for peer in saved.get("peers", ())),
         )

@@ -7,11 +7,11 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import numpy as np
-import torch
 from interleaved import alternate
 
 from .hf import HFProcess
-from .inprocess import torchscript_point
+from .inprocess import ServedModule, torchscript_point
+from .peers import PeerProcess
 from .perf_analyzer import perf_analyzer_point
 from .progress import describe_point, log
 from .ranking import fastest_per_round
@@ -26,7 +26,7 @@ def twice(measures: list[Callable[[], Point]]) -> list[Callable[[], Point]]:
 
 
 def interleaved_rounds(
-    module: torch.jit.ScriptModule,
+    module: ServedModule,
     grpc_url: str,
     pgid: int | None,
     workload: Workload,
@@ -35,6 +35,8 @@ def interleaved_rounds(
     served: Sequence[Point],
     hf: Sequence[Point],
     hf_process: HFProcess | None,
+    peer: Sequence[Point] = (),
+    peer_process: PeerProcess | None = None,
     rounds: int,
     budget_s: float,
     device: str,
@@ -75,10 +77,14 @@ def interleaved_rounds(
             size = row.setting if row.system == "hf_batch" else None
             return lambda: process.point(workload, batch_size=size, budget_s=budget_s)
 
+        def peer_at(process: PeerProcess, row: Point) -> Callable[[], Point]:
+            return lambda: process.point(workload, batch_size=row.setting, budget_s=budget_s)
+
         systems = [
             twice([inprocess_at(p.setting) for p in inprocess]),
             twice([served_at(p.setting) for p in served]),
             *([twice([hf_at(hf_process, row)]) for row in hf_rows] if hf_process is not None else []),
+            *([twice([peer_at(peer_process, row) for row in peer])] if peer_process is not None and peer else []),
         ]
         order = [measure for rank in range(2) for each in systems for measure in each[rank : rank + 1]]
         measured = alternate(order, rounds=rounds)
@@ -88,10 +94,12 @@ def interleaved_rounds(
         hf=fastest_per_round(measured, "hf") if any(p.system == "hf" for p in hf_rows) else (),
         measured=tuple(point for row in measured for point in row),
         hf_batch=fastest_per_round(measured, "hf_batch") if any(p.system == "hf_batch" for p in hf_rows) else (),
+        peer=fastest_per_round(measured, peer_process.system) if peer_process is not None and peer else (),
     )
     log(
         f"  served/in-process {np.median(result.served_vs_inprocess()):.2f}"
         + (f", served/HF {np.median(result.served_vs_hf()):.2f}" if result.hf else "")
         + (f", served/HF batched {np.median(result.served_vs_hf_batched()):.2f}" if result.hf_batch else "")
+        + (f", served/best peer {np.median(result.served_vs_peer()):.2f}" if result.peer else "")
     )
     return result

@@ -17,17 +17,20 @@ from interleaved import PairedLatency
 from tritonclient.utils import InferenceServerException
 
 from emotion_build.description import BatchingSettings, Provenance, Target
-from emotion_build.export import describe, export
+from emotion_build.export import calibration_speech, describe, export
 from emotion_build.loading import LoadedModel, load_pretrained, random_model
-from emotion_build.precision import PROVENANCE_NAMES
+from emotion_build.precision import GATE_CLIPS, GATE_LIMITS, PROVENANCE_NAMES
 from emotion_build.server_errors import ServerError
+from emotion_build.speech import synthesise
 from emotion_build.triton_models.heap import keep_freed_memory
+from emotion_build.triton_models.waveform import normalise
 
 from .arithmetic import Arithmetic, clip_flops, measure_peaks
 from .context import describe_served, machine_name, run_context
 from .hf import HFProcess, hf_points
-from .inprocess import torchscript_points
+from .inprocess import ServedModule, load_served, torchscript_points
 from .pairs import latency_first_pairs, lone_request_pairs, paired_c1
+from .peers import PEERS, PeerFidelity, PeerProcess, fidelity, peer_points
 from .progress import log
 from .ranking import best, contenders
 from .results import Interleaved, Point, Run, TuneResult, WorkloadSummary
@@ -39,7 +42,7 @@ from .systems import HF_SYSTEMS
 from .targets import gpu_target_notes
 from .tune_report import tune_markdown
 from .tuning import tune
-from .workloads import Workload, guessed_clips_per_s, make_workloads
+from .workloads import RATE, Workload, guessed_clips_per_s, make_workloads
 
 
 @dataclasses.dataclass(frozen=True)
@@ -174,11 +177,16 @@ def measured(args: argparse.Namespace, argv: Sequence[str] | None, *, started: f
                 if "hf" not in args.skip and "hf-bf16" not in args.skip
                 else None
             )
-            module = None
+            module: ServedModule | None = None
+            one_thread: ServedModule | None = None
             if "torchscript" not in args.skip:
-                module = torch.jit.load(  # type: ignore[no-untyped-call]
-                    str(bench.repository / "classifier" / "1" / "model.pt"), map_location=device
-                ).eval()
+                module = load_served(bench.repository, device)
+                if bench.provenance.engine == "openvino" and not cuda:
+                    one_thread = load_served(bench.repository, device, threads=1)
+            peer_processes: list[PeerProcess] = []
+            fidelities: list[PeerFidelity] = []
+            if "peers" not in args.skip and not cuda:
+                peer_processes, fidelities = start_peers(bench, stack, notes)
             for workload in workloads:
                 if hf_process is not None:
                     points += hf_points(hf_process, workload, batch_size=args.hf_batch_size, budget_s=args.point_s)
@@ -192,7 +200,13 @@ def measured(args: argparse.Namespace, argv: Sequence[str] | None, *, started: f
                         max_batch_audio_s=args.max_batch_audio_s,
                         budget_s=args.point_s,
                         device=device,
+                        one_thread=one_thread,
                     )
+                for peer in peer_processes:
+                    try:
+                        points += peer_points(peer, workload, batch_sizes=PEER_BATCH_SIZES, budget_s=args.point_s)
+                    except RuntimeError as error:
+                        notes.append(f"{PEERS[peer.system]} on {workload.name} failed: {error}")
                 if url is not None:
                     reference = best(points, "torchscript", workload.name)
                     points += served_points(
@@ -217,6 +231,7 @@ def measured(args: argparse.Namespace, argv: Sequence[str] | None, *, started: f
                         pairs=pairs,
                         rounds=rounds,
                         hf_process=hf_process,
+                        peer=best_peer(points, peer_processes, fidelities, workload.name),
                         server=server_label,
                         instances=settings.classifier_instances,
                         threads=server_threads,
@@ -257,6 +272,7 @@ def measured(args: argparse.Namespace, argv: Sequence[str] | None, *, started: f
         first_requests=tuple(first),
         notes=tuple(notes),
         arithmetic=arithmetic,
+        peers=tuple(fidelities),
     )
 
 
@@ -278,8 +294,58 @@ def measured_arithmetic(bench: Bench, device: str) -> Arithmetic:
     return Arithmetic(peaks, flops, precision)
 
 
+PEER_BATCH_SIZES = (1, 4)
+"""Each peer one clip per call, and in padded batches of 4 (its best batch on 2 cores; 8 gained nothing)."""
+
+
+def start_peers(
+    bench: Bench, stack: contextlib.ExitStack, notes: list[str]
+) -> tuple[list[PeerProcess], list[PeerFidelity]]:
+    """Every peer in its own process on the same threads as the in-process module (torch's default), and
+    each one's max |Δprob| against eager fp32 on the export gate's speech; a peer that fails is noted."""
+    clips = synthesise(GATE_CLIPS, sample_rate=RATE, min_s=1.0, max_s=10.0)
+    with torch.inference_mode():
+        reference = torch.cat(
+            [
+                torch.softmax(
+                    bench.loaded.model(input_values=torch.from_numpy(normalise(c, do_normalize=True))[None]).logits, -1
+                )
+                for c in clips
+            ]
+        ).numpy()
+    calibration = calibration_speech(RATE, do_normalize=True)
+    limit = GATE_LIMITS["int8"].max_abs_prob_diff
+    processes, fidelities = [], []
+    for system in PEERS:
+        log(f"starting {PEERS[system]} (conversion{' and quantisation' if 'int8' in system else ''})")
+        try:
+            peer = stack.enter_context(
+                PeerProcess(system, bench.model_ref, threads=torch.get_num_threads(), calibration=calibration)
+            )
+            fidelities.append(fidelity(peer, clips, reference, limit=limit))
+        except RuntimeError as error:
+            notes.append(f"{PEERS[system]} left out: {error}")
+            log(notes[-1])
+            continue
+        processes.append(peer)
+    return processes, fidelities
+
+
+def best_peer(
+    points: Sequence[Point], peers: Sequence[PeerProcess], fidelities: Sequence[PeerFidelity], workload: str
+) -> PeerProcess | None:
+    """The fastest peer on `workload` among those within the gate's limit of fp32."""
+    passing = {f.system for f in fidelities if f.passes}
+    ranked = [
+        (found.audio_s_per_s, peer)
+        for peer in peers
+        if peer.system in passing and (found := best(points, peer.system, workload)) is not None
+    ]
+    return max(ranked, key=lambda pair: pair[0])[1] if ranked else None
+
+
 def interleave(
-    module: torch.jit.ScriptModule,
+    module: ServedModule,
     url: str,
     pgid: int | None,
     workload: Workload,
@@ -288,6 +354,7 @@ def interleave(
     pairs: list[PairedLatency],
     rounds: dict[str, Interleaved],
     hf_process: HFProcess | None,
+    peer: PeerProcess | None,
     server: str,
     instances: int,
     threads: int | None,
@@ -343,6 +410,8 @@ def interleave(
             served=srv,
             hf=hf,
             hf_process=hf_process,
+            peer=contenders(points, peer.system, workload.name) if peer is not None else (),
+            peer_process=peer,
             rounds=args.rounds,
             budget_s=args.point_s,
             device=args.device,

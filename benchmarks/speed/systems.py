@@ -30,6 +30,11 @@ SYSTEMS: tuple[System, ...] = (
     System("torchscript_1t", "in-process TorchScript, 1 thread", None, "B="),
     System("served", "served, perf_analyzer (gRPC)", "served, perf_analyzer", "c="),
     System("sdk", "served, SDK classify_many", "served, SDK", "c="),
+    # The peers (peers.py): the same model on another engine, a plain loop in its own process.
+    System("peer_ov", "OpenVINO, its default precision", None, "B="),
+    System("peer_ov_int8", "OpenVINO + NNCF int8 PTQ, encoder linears", None, "B="),
+    System("peer_ort", "ONNX Runtime fp32", None, "B="),
+    System("peer_ort_int8", "ONNX Runtime dynamic int8, encoder linears", None, "B="),
 )
 SYSTEM_NAMES = {system.key: system.name for system in SYSTEMS}
 SUMMARY_SYSTEMS = tuple(system for system in SYSTEMS if system.column is not None)

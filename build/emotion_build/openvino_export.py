@@ -1,10 +1,10 @@
 """The classifier converted for the cpu target's OpenVINO engine (triton_models/openvino_engine.py).
 
-What is converted is the Hugging Face model's own forward for one unpadded clip (no attention mask,
-mean pooling over every frame), returning what the served module returns: logits, probabilities
-and the pooled embedding. One clip at a time needs none of the ragged module's masks, and no
-answer can depend on a batch. int8 quantises the same scope as TorchScript's int8 products, the
-encoder layers' linear maps, with NNCF's post-training quantization on the calibration speech
+What is converted is the ragged classifier taking a padded batch and its clips' lengths
+(PaddedClassifier), returning what the served module returns: logits, probabilities and the
+pooled embedding, each clip's as if it ran alone (to rounding in bf16, as the gate measures).
+int8 quantises the same scope as TorchScript's int8 products, the encoder layers' linear maps,
+with NNCF's post-training quantization on the calibration speech
 (activations per tensor, calibrated; weights per channel); its overflow fix keeps weights to 7 bits
 so that CPUs without VNNI, whose int8 products saturate 16-bit pair sums, answer the same.
 Conversions stay in the export; the gate and parity run the converted model through the engine.
@@ -21,14 +21,15 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from .families import backbone, family_of
+from .batched_classifier import RaggedEmotionClassifier
+from .families import family_of
 from .int8_products import ENCODER_LINEARS
 from .loading import LoadedModel
 from .precision import Precision
 from .triton_models.openvino_engine import IR_FILE, OpenVinoEngine
 from .triton_models.waveform import FloatArray
 
-__all__ = ["EngineModule", "OpenVinoUnavailableError", "SingleClipClassifier", "convert", "openvino_available"]
+__all__ = ["EngineModule", "OpenVinoUnavailableError", "PaddedClassifier", "convert", "openvino_available"]
 
 EXAMPLE_SAMPLES = 16000
 
@@ -45,29 +46,47 @@ def openvino_available() -> bool:
     return True
 
 
-class SingleClipClassifier(nn.Module):
-    """Hugging Face's audio-classification forward for one clip [1, samples] -> (logits, probabilities, embedding)."""
+class PaddedClassifier(RaggedEmotionClassifier):
+    """The ragged classifier on clips padded into one batch [clips, samples] with their lengths [clips]:
+    the same masks (per-clip group norm, masked attention and positional convolutions, pooling over a
+    clip's own frames), each built of plain tensor operations that OpenVINO converts with the batch and
+    the length left dynamic. The TorchScript module's scripted helpers (pad_ragged, clip_group_norm's
+    per-clip loop) have no such form; the group norm's statistics here are masked sums in float32."""
 
     def __init__(self, model: Any) -> None:
-        super().__init__()
-        self.model = model
-        self.core = backbone(model)
-        self.weighted = bool(model.config.use_weighted_layer_sum)
+        super().__init__(model, "native")
 
-    def forward(self, waveform: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-        outputs = self.core(waveform, output_hidden_states=self.weighted)
-        if self.weighted:
-            weights = nn.functional.softmax(self.model.layer_weights, dim=-1)
-            hidden = (torch.stack(outputs.hidden_states, dim=1) * weights.view(-1, 1, 1)).sum(dim=1)
-        else:
-            hidden = outputs.last_hidden_state
-        pooled = self.model.projector(hidden).mean(dim=1)
-        logits = self.model.classifier(pooled)
-        return logits, nn.functional.softmax(logits, dim=-1), pooled
+    def forward(self, padded: Tensor, lengths: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        lengths = lengths.to(torch.long)
+        features = self._masked_conv_features(padded, lengths)
+        frames = self.frame_lengths(lengths)
+        valid = torch.arange(features.shape[1]).unsqueeze(0) < frames.unsqueeze(1)
+        return self.classify(features, valid)
+
+    def _masked_conv_features(self, padded: Tensor, lengths: Tensor) -> Tensor:
+        hidden = padded.to(self.weight_dtype)
+        for index, conv_layer in enumerate(self.conv_layers):
+            if index == 0 and self.group_norm_first:
+                hidden = self._first_conv(hidden)
+                kernel, stride = self.conv_geometry[0]
+                frames = torch.div(lengths - kernel, stride, rounding_mode="floor") + 1
+                mask = (torch.arange(hidden.shape[-1]).unsqueeze(0) < frames.unsqueeze(1)).unsqueeze(1).float()
+                count = frames.view(-1, 1, 1).float()
+                wide = hidden.float() * mask
+                centred = (wide - wide.sum(-1, keepdim=True) / count) * mask
+                variance = (centred * centred).sum(-1, keepdim=True) / count
+                norm: nn.GroupNorm = conv_layer.layer_norm
+                normed = centred / torch.sqrt(variance + norm.eps) * norm.weight.float().view(1, -1, 1)
+                normed = (normed + norm.bias.float().view(1, -1, 1)) * mask
+                hidden = conv_layer.activation(normed.to(hidden.dtype))
+            else:
+                hidden = conv_layer(hidden.unsqueeze(1) if index == 0 else hidden)
+        features: Tensor = hidden.transpose(1, 2)
+        return features
 
 
 def convert(loaded: LoadedModel, precision: Precision, calibration: Sequence[FloatArray]) -> Any:
-    """The model as an openvino.Model with a dynamic clip length; int8 quantised on `calibration`
+    """The model as an openvino.Model with the batch and the clip length dynamic; int8 quantised on `calibration`
     (normalised speech). Raises OpenVinoUnavailableError when OpenVINO cannot do it."""
     if precision == "fp16":
         raise ValueError("fp16 is for the GPU targets")
@@ -75,10 +94,11 @@ def convert(loaded: LoadedModel, precision: Precision, calibration: Sequence[Flo
         import openvino
     except ImportError as error:
         raise OpenVinoUnavailableError("the openvino package is not installed") from error
-    wrapper = SingleClipClassifier(loaded.model).eval()
+    wrapper = PaddedClassifier(loaded.model).eval()
+    example = (torch.zeros(2, EXAMPLE_SAMPLES), torch.tensor([EXAMPLE_SAMPLES, EXAMPLE_SAMPLES * 3 // 4]))
     try:
         with torch.no_grad():
-            model = openvino.convert_model(wrapper, example_input=torch.zeros(1, EXAMPLE_SAMPLES), input=[(1, -1)])
+            model = openvino.convert_model(wrapper, example_input=example, input=[(-1, -1), (-1,)])
     except Exception as error:  # the converter's errors come from many layers of its own
         raise OpenVinoUnavailableError(f"OpenVINO could not convert the model: {_first_line(error)}") from error
     if precision != "int8":
@@ -113,7 +133,7 @@ def _quantised(model: Any, loaded: LoadedModel, calibration: Sequence[FloatArray
     logging.getLogger("nncf").setLevel(logging.ERROR)
     return nncf.quantize(
         model,
-        nncf.Dataset([np.asarray(clip, dtype=np.float32)[None] for clip in calibration]),
+        nncf.Dataset([(np.asarray(clip, dtype=np.float32)[None], np.array([clip.size])) for clip in calibration]),
         subset_size=len(calibration),
         model_type=nncf.ModelType.TRANSFORMER,
         ignored_scope=nncf.IgnoredScope(
@@ -135,7 +155,8 @@ def save(model: Any, directory: Path) -> Path:
 
 
 class EngineModule:
-    """The engine as the export's checks call a module: (flat clips, their ends) -> three [clips, ...] tensors."""
+    """The engine as the export's checks call a module: (flat clips, their ends) -> three [clips, ...] tensors,
+    all the clips in one padded batch, as the runner batches them."""
 
     def __init__(self, path: Path, precision: Precision, *, threads: int = 0) -> None:
         self.engine = OpenVinoEngine(path, threads=threads, precision=precision)

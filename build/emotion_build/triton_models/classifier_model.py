@@ -2,12 +2,12 @@
 
 It runs the classifier on one of two engines (the config's `engine` parameter). TorchScript: the
 very model.pt that `platform: "pytorch_libtorch"` serves on GPU, fed the same ragged batch that
-backend would build. OpenVINO (cpu target): the same classifier converted to OpenVINO IR, one clip
-at a time (openvino_engine.py). It runs where its instance group puts it: KIND_CPU on the CPU (the
-cpu target), KIND_GPU on that instance's GPU (the gpu-python target, TorchScript only). Each clip
-is checked on its own first (the classifier can be called without the ensemble): a bad clip gets
-its own INVALID_ARG response, its pages in the stub's shared memory go back to the kernel
-(shm_pages.py), and the rest of the batch runs without it.
+backend would build. OpenVINO (cpu target): the same classifier converted to OpenVINO IR, fed
+padded batches of similar lengths and their lengths (openvino_engine.py). It runs where its
+instance group puts it: KIND_CPU on the CPU (the cpu target), KIND_GPU on that instance's GPU (the
+gpu-python target, TorchScript only). Each clip is checked on its own first (the classifier can be
+called without the ensemble): a bad clip gets its own INVALID_ARG response, its pages in the
+stub's shared memory go back to the kernel (shm_pages.py), and the rest of the batch runs without it.
 """
 
 from __future__ import annotations
@@ -128,11 +128,11 @@ class TritonPythonModel:
         return f"cuda:{args['model_instance_device_id']}" if on_gpu else "cpu"
 
     def _forward(self, clips: list[Any]) -> list[Any]:
-        """The model on clips of similar length at a time (OpenVINO: one at a time), outputs back in the
-        batch's order."""
-        if self.openvino is not None:
-            return [torch.from_numpy(rows) for rows in self.openvino.run(clips)]
+        """The model on clips of similar length at a time, outputs back in the batch's order."""
         groups = length_groups([clip.size for clip in clips], max_padding=self.max_padding)
+        if self.openvino is not None:
+            ran = [self.openvino.run([clips[i] for i in group]) for group in groups]
+            return [torch.from_numpy(rows) for rows in merge_groups(groups, ran)]
         outputs = []
         with torch.inference_mode():
             for group in groups:

@@ -1,11 +1,11 @@
-"""The cpu target's OpenVINO engine: the classifier as OpenVINO IR, run one clip at a time.
+"""The cpu target's OpenVINO engine: the ragged classifier as OpenVINO IR.
 
 OpenVINO fuses what TorchScript runs op by op on a CPU (GELU, norms, softmax and the precision
 conversions around each bf16 product): a 4 s clip took 72 ms against TorchScript bf16's 132 ms on
 two Sapphire Rapids threads, 48 of those 132 in layout copies and conversions (docs/benchmarks.md).
-The IR takes one clip ([1, samples], any length) and answers logits, probabilities and the pooled
-embedding, as the TorchScript module answers a batch. Each clip runs alone, so its answer cannot
-depend on its batch-mates: batch invariance is exact, and nothing is padded.
+The IR takes clips padded into one batch ([clips, samples]) and their lengths ([clips]), batch and
+length dynamic, and answers logits, probabilities and the pooled embedding per clip, each as if the
+clip ran alone: the masks of the TorchScript module, in plain tensor operations.
 
 Used by the runner (classifier_model.py) and, through the same class, by the export's parity check
 and precision gate, so the gate measures exactly what is served.
@@ -30,8 +30,9 @@ PRECISION_HINTS = {"fp32": "f32", "bf16": "bf16", "int8": "bf16"}
 """OpenVINO's inference precision for each exported precision: int8's quantised products sit in a bf16 graph."""
 WARMUP_SAMPLES = 16000
 """The first clip the compiled model runs: OpenVINO 2026.4 answered every later clip of a wav2vec2-base IR
-wrongly (logits off by 12) when its very first inference was a single frame (400 samples); after any
-longer first clip, single frames and all else were right (tests/test_openvino_engine.py)."""
+(converted one clip at a time) wrongly, logits off by 12, when its very first inference was a single
+frame (400 samples); after any longer first clip, single frames and all else were right
+(tests/test_openvino_engine.py)."""
 
 
 class OpenVinoEngine:
@@ -61,10 +62,11 @@ class OpenVinoEngine:
         self.run([np.zeros(WARMUP_SAMPLES, dtype=np.float32)])
 
     def run(self, clips: Sequence[npt.NDArray[np.float32]]) -> list[npt.NDArray[np.float32]]:
-        """Each output for every clip, rows in the clips' order: [clips, classes] twice, [clips, width]."""
-        rows: list[list[npt.NDArray[np.float32]]] = [[] for _ in range(OUTPUTS)]
-        for clip in clips:
-            results = self._request.infer([np.ascontiguousarray(clip, dtype=np.float32).reshape(1, -1)])
-            for index in range(OUTPUTS):
-                rows[index].append(np.array(results[index], dtype=np.float32).reshape(1, -1))
-        return [np.concatenate(output) for output in rows]
+        """The clips in one padded batch: each output, rows in the clips' order ([clips, classes] twice,
+        [clips, width]). Callers group clips of similar length (ragged.length_groups): padding costs."""
+        lengths = np.array([clip.size for clip in clips], dtype=np.int64)
+        padded = np.zeros((len(clips), int(lengths.max())), dtype=np.float32)
+        for row, clip in enumerate(clips):
+            padded[row, : clip.size] = clip.reshape(-1)
+        results = self._request.infer([padded, lengths])
+        return [np.array(results[index], dtype=np.float32).reshape(len(clips), -1) for index in range(OUTPUTS)]
