@@ -22,7 +22,7 @@ UNTRAINED_BANNER = """\
 
 
 def _parser() -> argparse.ArgumentParser:
-    from .description import TARGETS, BatchingSettings, ModelDescription
+    from .description import TARGETS, BatchingSettings, ModelDescription, StreamSettings
     from .families import FAMILY_NAMES
     from .libtorch_backend import ARCHIVE_NAME, GITHUB, default_backends_dir
     from .loading import DEFAULT_MODEL
@@ -157,6 +157,19 @@ def _parser() -> argparse.ArgumentParser:
         f"(default {cpu.keep_freed_memory_mb} for cpu, {gpu.keep_freed_memory_mb} for the gpu targets; 0: off)",
     )
 
+    streams = StreamSettings()
+    export.add_argument(
+        "--max-streams",
+        type=int,
+        default=streams.max_streams,
+        help="live streams the stream model holds at once; one more is refused (docs/streaming.md)",
+    )
+    export.add_argument(
+        "--stream-idle-timeout-s",
+        type=float,
+        default=streams.idle_timeout_s,
+        help="a live stream silent this long is forgotten, and what it held freed",
+    )
     export.add_argument(
         "--classifier-on-cpu",
         action="store_true",
@@ -261,6 +274,7 @@ def _batching(args: argparse.Namespace) -> BatchingSettings:
 
 
 def _export(args: argparse.Namespace) -> int:
+    from .description import StreamSettings
     from .export import ExportError, describe, export
     from .loading import ModelUnavailableError, load_pretrained, random_model
     from .speech import SpeechUnavailableError, read_speech
@@ -280,6 +294,7 @@ def _export(args: argparse.Namespace) -> int:
             min_duration_s=args.min_duration_s,
             max_duration_s=args.max_duration_s,
             max_abs_amplitude=args.max_abs_amplitude,
+            stream=StreamSettings(max_streams=args.max_streams, idle_timeout_s=args.stream_idle_timeout_s),
         )
         gate_speech = None
         if args.gate_audio is not None:

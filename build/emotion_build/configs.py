@@ -6,17 +6,24 @@ misspelt field fails here, at build time, instead of when the server loads the r
 
 from __future__ import annotations
 
+import json
+
 from google.protobuf import text_format
 from tritonclient.grpc import model_config_pb2 as mc
 
 from .description import (
     AUDIO_INPUT,
+    CHUNK_INPUT,
     CLASSIFIER_MODEL,
     CLASSIFIER_OUTPUTS,
     EMBEDDING_OUTPUT,
     ENSEMBLE_MODEL,
     LABELS_FILE,
     PREPROCESS_MODEL,
+    PROBABILITIES_OUTPUT,
+    STREAM_DONE,
+    STREAM_MODEL,
+    STREAM_OUTPUTS,
     TARGETS,
     WAVEFORM,
     WAVEFORM_ENDS,
@@ -26,7 +33,7 @@ from .description import (
     ensemble_parameters,
 )
 
-__all__ = ["all_configs", "classifier_config", "ensemble_config", "preprocess_config", "render"]
+__all__ = ["all_configs", "classifier_config", "ensemble_config", "preprocess_config", "render", "stream_config"]
 
 _ENSEMBLE_WAVEFORM = "normalised_waveform"
 
@@ -167,11 +174,58 @@ def ensemble_config(description: ModelDescription) -> mc.ModelConfig:
     return config
 
 
+STREAM_CANDIDATE_MARGIN = 2
+"""The sequence batcher holds this many times max_streams: a stream past the limit must reach the model to be
+refused (beyond the batcher's candidates Triton would hold it back, silently), and a refused stream's
+place stays taken until its idle timeout."""
+
+
+def stream_config(description: ModelDescription) -> mc.ModelConfig:
+    """Decoupled, under the sequence batcher's oldest strategy: every live stream is a candidate sequence,
+    its chunks in order, several streams' chunks in one execution."""
+    stream = description.stream
+    config = mc.ModelConfig(name=STREAM_MODEL, backend="python", max_batch_size=description.batching.max_batch_size)
+    config.input.add(name=CHUNK_INPUT, data_type=mc.TYPE_FP32, dims=[-1])
+    for name in STREAM_OUTPUTS:
+        config.output.add(name=name, data_type=mc.TYPE_FP64, dims=[1])
+    config.output.add(name=PROBABILITIES_OUTPUT, data_type=mc.TYPE_FP32, dims=[len(description.labels)])
+    config.output.add(name=STREAM_DONE, data_type=mc.TYPE_BOOL, dims=[1])
+    config.model_transaction_policy.decoupled = True
+    batching = config.sequence_batching
+    batching.max_sequence_idle_microseconds = round(stream.idle_timeout_s * 1e6)
+    batching.oldest.max_candidate_sequences = STREAM_CANDIDATE_MARGIN * stream.max_streams
+    batching.oldest.max_queue_delay_microseconds = 0
+    for name, kind in (
+        ("START", mc.ModelSequenceBatching.Control.CONTROL_SEQUENCE_START),
+        ("END", mc.ModelSequenceBatching.Control.CONTROL_SEQUENCE_END),
+    ):
+        control = batching.control_input.add(name=name).control.add(kind=kind)
+        control.int32_false_true.extend([0, 1])
+    config.instance_group.add(kind=mc.ModelInstanceGroup.KIND_CPU, count=1)
+    _parameters(
+        config,
+        {
+            "sample_rate": str(description.sample_rate),
+            "min_samples": str(description.min_samples),
+            "max_samples": str(description.max_samples),
+            "max_abs_amplitude": repr(description.max_abs_amplitude),
+            "ensemble": ENSEMBLE_MODEL,
+            "audio_input": AUDIO_INPUT,
+            "probabilities_output": PROBABILITIES_OUTPUT,
+            "max_streams": str(stream.max_streams),
+            "idle_timeout_s": repr(stream.idle_timeout_s),
+            "labels": json.dumps(list(description.labels)),
+        },
+    )
+    return config
+
+
 def all_configs(description: ModelDescription, target: Target) -> dict[str, mc.ModelConfig]:
     return {
         PREPROCESS_MODEL: preprocess_config(description),
         CLASSIFIER_MODEL: classifier_config(description, target),
         ENSEMBLE_MODEL: ensemble_config(description),
+        STREAM_MODEL: stream_config(description),
     }
 
 

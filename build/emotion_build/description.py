@@ -15,6 +15,7 @@ from typing import Literal
 
 __all__ = [
     "AUDIO_INPUT",
+    "CHUNK_INPUT",
     "CLASSIFIER_MODEL",
     "CLASSIFIER_OUTPUTS",
     "EMBEDDING_OUTPUT",
@@ -23,6 +24,9 @@ __all__ = [
     "MAX_ABS_AMPLITUDE",
     "PREPROCESS_MODEL",
     "PROBABILITIES_OUTPUT",
+    "STREAM_DONE",
+    "STREAM_MODEL",
+    "STREAM_OUTPUTS",
     "TARGETS",
     "WAVEFORM",
     "WAVEFORM_ENDS",
@@ -30,6 +34,7 @@ __all__ = [
     "BatchingSettings",
     "ModelDescription",
     "Provenance",
+    "StreamSettings",
     "Target",
     "receptive_field",
 ]
@@ -42,6 +47,14 @@ TARGETS: tuple[Target, ...] = ("gpu", "cpu", "gpu-python")
 ENSEMBLE_MODEL = "emotion"
 PREPROCESS_MODEL = "preprocess"
 CLASSIFIER_MODEL = "classifier"
+STREAM_MODEL = "stream"
+"""Live audio: a stateful, decoupled model under Triton's sequence batcher (triton_models/stream_model.py)."""
+CHUNK_INPUT = "chunk"
+"""Stream input: the new samples of one stream at the model's rate, [1, samples] (any count, 0 at the end)."""
+STREAM_OUTPUTS = ("start_s", "end_s")
+"""Stream outputs beside the probabilities: each update's window, in seconds from the start of the stream."""
+STREAM_DONE = "done"
+"""Stream output of the last response to the END request alone: every update is in (end_s: the stream's length)."""
 
 AUDIO_INPUT = "audio"
 """Ensemble and preprocess input: one mono clip at the model's sample rate, shape [1, samples]."""
@@ -154,6 +167,25 @@ class BatchingSettings:
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
+class StreamSettings:
+    """The live streams one server holds (docs/streaming.md)."""
+
+    max_streams: int = 64
+    """Live streams at once; one more is refused, naming the limit. Each holds at most one window of
+    audio (4 s: 256 KiB). Two cores classify about 24 streams at window 4 s / hop 2 s in real time
+    (`make bench-live`); past that, updates fall behind rather than fail."""
+    idle_timeout_s: float = 30.0
+    """A stream silent this long is forgotten (here and by Triton's sequence batcher); a client that
+    comes back then is told so. Frees what a vanished client held."""
+
+    def __post_init__(self) -> None:
+        if self.max_streams < 1:
+            raise ValueError(f"max_streams must be >= 1, got {self.max_streams}")
+        if not 0 < self.idle_timeout_s < math.inf:
+            raise ValueError(f"the stream idle timeout must be a positive number of seconds, got {self.idle_timeout_s}")
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
 class Provenance:
     """Where the served weights came from, so a repository can always say what it serves."""
 
@@ -212,6 +244,7 @@ class ModelDescription:
     products, the rest bf16); tensors in and out are float32."""
     engine: str = "torchscript"
     """What runs the classifier (precision.Engine): the runner loads model.pt, or the OpenVINO IR."""
+    stream: StreamSettings = dataclasses.field(default_factory=StreamSettings)
 
     def __post_init__(self) -> None:
         if not self.labels:
@@ -252,9 +285,15 @@ class ModelDescription:
     def from_record(cls, record: Mapping[str, object]) -> ModelDescription:
         fields = dict(record)
         batching = fields.pop("batching", {})
+        stream = fields.pop("stream", {})
         labels = fields.pop("labels", ())
-        assert isinstance(batching, Mapping) and isinstance(labels, Sequence)
-        return cls(labels=tuple(str(label) for label in labels), batching=BatchingSettings(**batching), **fields)  # type: ignore[arg-type]
+        assert isinstance(batching, Mapping) and isinstance(stream, Mapping) and isinstance(labels, Sequence)
+        return cls(
+            labels=tuple(str(label) for label in labels),
+            batching=BatchingSettings(**batching),
+            stream=StreamSettings(**stream),
+            **fields,  # type: ignore[arg-type]
+        )
 
     @property
     def min_samples(self) -> int:

@@ -26,6 +26,7 @@ from .description import (
     BatchingSettings,
     ModelDescription,
     Provenance,
+    StreamSettings,
     Target,
     receptive_field,
 )
@@ -116,6 +117,7 @@ def describe(
     min_duration_s: float,
     max_duration_s: float,
     max_abs_amplitude: float = MAX_ABS_AMPLITUDE,
+    stream: StreamSettings | None = None,
 ) -> ModelDescription:
     """Everything the served models need to know, read from the HF model and feature extractor."""
     extractor = loaded.feature_extractor
@@ -131,6 +133,7 @@ def describe(
         batching=batching,
         untrained=loaded.untrained,
         embedding_size=int(loaded.model.config.classifier_proj_size),
+        stream=stream or StreamSettings(),
     )
 
 

@@ -14,6 +14,7 @@ from .description import (
     LABELS_FILE,
     PREPROCESS_MODEL,
     PROVENANCE_FILE,
+    STREAM_MODEL,
     ModelDescription,
     Provenance,
     Target,
@@ -37,10 +38,17 @@ _RUNNER_SOURCES = (
     ("waveform.py", "waveform.py"),
 )
 
+_STREAM_SOURCES = (
+    ("stream_model.py", "model.py"),
+    ("stream_windows.py", "stream_windows.py"),
+    ("waveform.py", "waveform.py"),
+)
+
 MODEL_SOURCES: dict[str, dict[Target, tuple[tuple[str, str], ...]]] = {
     PREPROCESS_MODEL: {"gpu": _PREPROCESS_SOURCES, "cpu": _PREPROCESS_SOURCES, "gpu-python": _PREPROCESS_SOURCES},
     CLASSIFIER_MODEL: {"gpu": (), "cpu": _RUNNER_SOURCES, "gpu-python": _RUNNER_SOURCES},
     ENSEMBLE_MODEL: {"gpu": (), "cpu": (), "gpu-python": ()},
+    STREAM_MODEL: {"gpu": _STREAM_SOURCES, "cpu": _STREAM_SOURCES, "gpu-python": _STREAM_SOURCES},
 }
 """Which source files of `triton_models` each served model needs, and the name each takes there."""
 

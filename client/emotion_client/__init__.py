@@ -19,6 +19,9 @@ from .errors import (
     ServerBusyError,
     ServerError,
     ServerUnavailableError,
+    StreamExpiredError,
+    StreamInterruptedError,
+    StreamRefusedError,
     TLSError,
     TransportError,
 )
@@ -31,6 +34,7 @@ from .results import (
     LabelScore,
     ModelInfo,
     ProgressCallback,
+    StreamUpdate,
 )
 from .retry import RetryPolicy
 from .timeline import Segment, Timeline, TrackPoint
@@ -59,6 +63,10 @@ __all__ = [
     "ServerBusyError",
     "ServerError",
     "ServerUnavailableError",
+    "StreamExpiredError",
+    "StreamInterruptedError",
+    "StreamRefusedError",
+    "StreamUpdate",
     "TLSConfig",
     "TLSError",
     "Timeline",

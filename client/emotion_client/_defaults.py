@@ -20,6 +20,7 @@ __all__ = [
     "MAX_CHANNELS",
     "MAX_GRPC_MESSAGE_BYTES",
     "MAX_SAMPLE_RATE_HZ",
+    "MIN_HOP_S",
     "MIN_SAMPLE_RATE_HZ",
     "READY_POLL_INTERVAL_S",
     "READY_POLL_MAX_INTERVAL_S",
@@ -64,6 +65,9 @@ DEFAULT_WINDOW_S = 4.0
 
 DEFAULT_HOP_S = 2.0
 """Timeline hop: half a window, so every moment is judged twice, with context on each side."""
+
+MIN_HOP_S = 0.25
+"""The shortest hop a live stream may ask for (the server refuses less): four updates a second."""
 
 DEFAULT_SMOOTH_S = 3.0
 """Width of the centred moving average over the per-second track."""

@@ -7,10 +7,11 @@ model being tested and nothing about it is typed twice.
 from __future__ import annotations
 
 import argparse
+import json
 from pathlib import Path
 
 from .client import EmotionClient
-from .perf_data import collect_audio_files, load_perf_clips, write_perf_data
+from .perf_data import collect_audio_files, load_perf_clips, perf_stream_data, write_perf_data
 
 __all__ = ["add_perf_data_parser", "run_perf_data"]
 
@@ -29,6 +30,19 @@ def add_perf_data_parser(
     parser.add_argument("paths", nargs="+", type=Path, metavar="PATH", help="audio file or folder")
     parser.add_argument("-o", "--output", type=Path, required=True, metavar="JSON", help="file to write")
     parser.add_argument(
+        "--stream",
+        action="store_true",
+        help="data for the live stream model instead: each file one sequence of --chunk-s chunks "
+        "(perf_analyzer -m stream --streaming)",
+    )
+    parser.add_argument(
+        "--chunk-s",
+        type=float,
+        default=0.1,
+        metavar="S",
+        help="with --stream: seconds per chunk (default %(default)g)",
+    )
+    parser.add_argument(
         "--lengths-s",
         type=float,
         nargs="+",
@@ -43,6 +57,18 @@ def run_perf_data(client: EmotionClient, args: argparse.Namespace) -> int:
     files = collect_audio_files(args.paths)
     info = client.model_info()
     clips = load_perf_clips(files, info, args.lengths_s)
+    if args.stream:
+        live = client.stream_info()
+        chunk = round(args.chunk_s * info.sample_rate)
+        data = perf_stream_data([clip.samples for clip in clips], live.chunk_input, chunk_samples=chunk)
+        args.output.write_text(json.dumps(data))
+        print(
+            f"wrote {len(clips)} streams from {len(files)} files to {args.output} in {args.chunk_s:g} s "
+            f"chunks ({info.sample_rate} Hz, input '{live.chunk_input}'); load-test with:\n"
+            f"  perf_analyzer -m {live.model_name} -i grpc -u {client.url} --streaming "
+            f"--input-data {args.output} --concurrency-range 1:8"
+        )
+        return 0
     write_perf_data(args.output, [clip.samples for clip in clips], info.audio_input)
     durations = [clip.duration_s for clip in clips]
     print(

@@ -11,7 +11,7 @@ import asyncio
 import logging
 import time
 from collections import deque
-from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
+from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable, Iterable, Mapping, Sequence
 from types import TracebackType
 from typing import Any, TypeVar
 
@@ -38,8 +38,9 @@ from ._defaults import (
 from .audio import AudioSource
 from .connection import TLSConfig
 from .errors import EmotionClientError, is_ambiguous_unavailable
-from .results import BatchItem, Classification, EndpointHealth, ModelInfo, ProgressCallback
+from .results import BatchItem, Classification, EndpointHealth, ModelInfo, ProgressCallback, StreamUpdate
 from .retry import RetryPolicy
+from .streaming import STREAM_MODEL, StreamInfo, StreamSession, stream_error
 from .timeline import Timeline
 
 __all__ = ["AsyncEmotionClient"]
@@ -241,6 +242,71 @@ class AsyncEmotionClient:
                 await asyncio.gather(*pending, return_exceptions=True)
         return run.finish(results)
 
+    async def stream(
+        self,
+        chunks: AsyncIterable[npt.NDArray[Any]] | Iterable[npt.NDArray[Any]],
+        sample_rate: int = DEFAULT_SAMPLE_RATE,
+        *,
+        window_s: float = DEFAULT_WINDOW_S,
+        hop_s: float = DEFAULT_HOP_S,
+    ) -> AsyncIterator[StreamUpdate]:
+        """Emotion of live audio; as ``EmotionClient.stream``, with ``chunks`` an async iterable (or a
+        plain one) and the updates an async iterator: ``async for update in client.stream(chunks)``.
+        Stopping early leaves the stream to the server's idle timeout."""
+        session = StreamSession(
+            await self.model_info(),
+            await self.stream_info(),
+            sample_rate=sample_rate,
+            window_s=window_s,
+            hop_s=hop_s,
+        )
+        self._open_channels()
+        core = self._core
+        failure: list[BaseException] = []
+
+        async def requests() -> AsyncIterator[dict[str, Any]]:
+            try:
+                async for chunk in _each(chunks):
+                    for piece in session.feed(chunk):
+                        yield session.request(piece, end=False)
+                pieces = session.finish()
+                for piece in pieces[:-1]:
+                    yield session.request(piece, end=False)
+                yield session.request(pieces[-1], end=True)
+            except Exception as error:  # the caller's iterator, or a bad chunk: raised below, not by grpc
+                failure.append(error)
+
+        responses = self._tritons[core.next_endpoint()].stream_infer(requests(), headers=core.headers)
+        updates = 0
+        try:
+            async for result, error in responses:
+                if failure:
+                    raise failure[0]
+                if error is not None:
+                    raise stream_error(error, session.live, updates=updates) from error
+                update = session.decode(result)
+                if update is None:
+                    return
+                updates += 1
+                yield update
+            if failure:
+                raise failure[0]
+        except InferenceServerException as error:  # the call itself broke (the server went away)
+            raise stream_error(error, session.live, updates=updates) from error
+        finally:
+            responses.cancel()
+
+    async def stream_info(self) -> StreamInfo:
+        """The server's live-stream model; as ``EmotionClient.stream_info``."""
+        core = self._core
+        config = await self._call(
+            lambda triton, deadline_s: triton.get_model_config(
+                STREAM_MODEL, headers=core.headers, as_json=True, client_timeout=deadline_s
+            ),
+            timeout_s=None,
+        )
+        return StreamInfo.from_config(config, model_name=STREAM_MODEL)
+
     async def classify_many(
         self,
         inputs: Iterable[AudioSource],
@@ -420,3 +486,13 @@ class AsyncEmotionClient:
             return EndpointHealth(url=url, live=True, ready=False, error=core.health_error(e, endpoint))
         error = None if ready else f"model '{core.model_name}' is not loaded or not ready"
         return EndpointHealth(url=url, live=True, ready=ready, error=error)
+
+
+async def _each(chunks: AsyncIterable[Any] | Iterable[Any]) -> AsyncIterator[Any]:
+    """An async or a plain iterable, as an async iterator."""
+    if isinstance(chunks, AsyncIterable):
+        async for chunk in chunks:
+            yield chunk
+    else:
+        for chunk in chunks:
+            yield chunk

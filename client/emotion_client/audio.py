@@ -9,7 +9,7 @@ from __future__ import annotations
 import logging
 import os
 from pathlib import Path
-from typing import TypeAlias
+from typing import Any, TypeAlias
 
 import numpy as np
 import numpy.typing as npt
@@ -19,7 +19,14 @@ import soxr  # type: ignore[import-untyped, unused-ignore]
 from ._defaults import AUDIO_FILE_SUFFIXES, MAX_CHANNELS, MAX_SAMPLE_RATE_HZ, MIN_SAMPLE_RATE_HZ
 from .errors import InvalidAudioError
 
-__all__ = ["AudioSource", "check_channels", "check_sample_rate", "find_audio_files", "load_audio"]
+__all__ = [
+    "AudioSource",
+    "check_channels",
+    "check_sample_rate",
+    "chunk_to_float32",
+    "find_audio_files",
+    "load_audio",
+]
 
 _LOGGER = logging.getLogger(__name__)
 
@@ -106,6 +113,19 @@ def _read_file(path: str | os.PathLike[str]) -> tuple[npt.NDArray[np.float32], i
             "use a format libsndfile supports (WAV, FLAC, OGG, MP3) or pass a numpy array"
         ) from e
     return np.asarray(data, dtype=np.float32), int(rate)
+
+
+def chunk_to_float32(chunk: Any, *, what: str) -> npt.NDArray[np.float32]:
+    """One chunk of a live stream as float32 samples: 1-D, float or integer PCM (scaled as files are),
+    finite; empty is allowed (a source may hand over nothing now and then)."""
+    if not isinstance(chunk, np.ndarray):
+        raise InvalidAudioError(f"{what} must be a numpy array, got {type(chunk).__name__}")
+    if chunk.ndim != 1:
+        raise InvalidAudioError(f"{what} must be 1-D samples (mono), got shape {chunk.shape}")
+    floats = _scale_to_float32(chunk, what=what)
+    if not np.all(np.isfinite(floats)):
+        raise InvalidAudioError(f"{what} contains NaN or infinite samples")
+    return np.ascontiguousarray(floats, dtype=np.float32)
 
 
 def _to_mono_float32(samples: npt.NDArray[np.generic], *, what: str) -> npt.NDArray[np.float32]:

@@ -9,6 +9,7 @@
     emotion-client health [--json]
     emotion-client labels [--json]
     emotion-client perf-data PATH... -o CLIPS.json [--lengths-s S...]
+    emotion-client live (- | FILE) [--rate HZ] [--window-s S] [--hop-s S] [--realtime]
 
 Every command takes ``--url`` (repeatable, or a comma list: requests go round-robin),
 ``--timeout``, ``--retries``, ``--header KEY=VALUE``, ``--model`` and the TLS options.
@@ -45,6 +46,7 @@ from ._defaults import (
     DEFAULT_WINDOW_S,
     URL_ENV_VAR,
 )
+from ._live_cli import add_live_parser, run_live
 from ._perf_data_cli import add_perf_data_parser, run_perf_data
 from ._progress import ProgressBar
 from .audio import find_audio_files
@@ -89,6 +91,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 "health": _health,
                 "labels": _labels,
                 "perf-data": run_perf_data,
+                "live": run_live,
             }[args.command]
             return handler(client, args)
     except _UsageError as e:
@@ -251,6 +254,7 @@ def _parser() -> tuple[argparse.ArgumentParser, dict[str, argparse.ArgumentParse
         "health": health,
         "labels": labels,
         "perf-data": add_perf_data_parser(commands, common),
+        "live": add_live_parser(commands, common),
     }
 
 

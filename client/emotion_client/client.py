@@ -3,11 +3,13 @@ the protocol in ``codec``, shared with the async twin in ``aio``."""
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import queue
 import threading
 import time
 from collections import deque
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor, as_completed
 from types import TracebackType
 from typing import Any, TypeVar
@@ -35,8 +37,9 @@ from ._defaults import (
 from .audio import AudioSource
 from .connection import TLSConfig
 from .errors import EmotionClientError, is_ambiguous_unavailable
-from .results import BatchItem, Classification, EndpointHealth, ModelInfo, ProgressCallback
+from .results import BatchItem, Classification, EndpointHealth, ModelInfo, ProgressCallback, StreamUpdate
 from .retry import RetryPolicy
+from .streaming import STREAM_MODEL, StreamInfo, StreamSession, stream_error
 from .timeline import Timeline
 
 __all__ = ["EmotionClient"]
@@ -264,6 +267,92 @@ class EmotionClient:
                     future.cancel()
                 raise
         return run.finish(results)
+
+    def stream(
+        self,
+        chunks: Iterable[npt.NDArray[Any]],
+        sample_rate: int = DEFAULT_SAMPLE_RATE,
+        *,
+        window_s: float = DEFAULT_WINDOW_S,
+        hop_s: float = DEFAULT_HOP_S,
+    ) -> Iterator[StreamUpdate]:
+        """Emotion of live audio: an update for every hop of new audio once a full window is in.
+
+        ``chunks`` is any iterable of 1-D arrays (any size, float in [-1, 1] or integer PCM) at
+        ``sample_rate``, arriving at whatever pace its source has; only new audio crosses the wire.
+        Updates come in order, each equal to ``classify()`` on exactly its window's samples; at
+        the end one more covers the tail, if it is long enough. The iterator ends when ``chunks``
+        does. A stream lives on one server: a server that goes away raises
+        ``StreamInterruptedError``, a stream idle past the server's timeout ``StreamExpiredError``,
+        one past the server's limit of streams ``StreamRefusedError`` (docs/streaming.md).
+        Stopping early (``break``) ends the stream on the server too.
+        """
+        session = StreamSession(
+            self.model_info(), self.stream_info(), sample_rate=sample_rate, window_s=window_s, hop_s=hop_s
+        )
+        return self._stream(iter(chunks), session)
+
+    def stream_info(self) -> StreamInfo:
+        """The server's live-stream model: its input, its limit of streams and its idle timeout."""
+        core = self._core
+        config = self._call(
+            lambda triton, deadline_s: triton.get_model_config(
+                STREAM_MODEL, headers=core.headers, as_json=True, client_timeout=deadline_s
+            ),
+            timeout_s=None,
+        )
+        return StreamInfo.from_config(config, model_name=STREAM_MODEL)
+
+    def _stream(self, chunks: Iterator[npt.NDArray[Any]], session: StreamSession) -> Iterator[StreamUpdate]:
+        """One gRPC stream of its own (tritonclient allows one per client object): a thread sends the
+        caller's chunks as they come, tritonclient's calls back with responses, this generator yields."""
+        self._ensure_open()
+        core = self._core
+        triton = grpcclient.InferenceServerClient(url=core.urls[core.next_endpoint()], **core.triton_kwargs)
+        responses: queue.Queue[tuple[Any, Any]] = queue.Queue()
+        stop = threading.Event()
+        triton.start_stream(
+            callback=lambda result, error: responses.put((result, error)), headers=core.headers
+        )
+
+        def send() -> None:
+            try:
+                for chunk in chunks:
+                    for piece in session.feed(chunk):
+                        if stop.is_set():
+                            return
+                        triton.async_stream_infer(**session.request(piece, end=False))
+                pieces = session.finish()
+                for piece in pieces[:-1]:
+                    triton.async_stream_infer(**session.request(piece, end=False))
+                if not stop.is_set():
+                    triton.async_stream_infer(**session.request(pieces[-1], end=True))
+            except BaseException as error:  # the caller's iterator, or a bad chunk: raised by the consumer
+                responses.put((None, error))
+
+        sender = threading.Thread(target=send, name="emotion-stream", daemon=True)
+        sender.start()
+        updates, done = 0, False
+        try:
+            while True:
+                result, error = responses.get()
+                if isinstance(error, InferenceServerException):
+                    raise stream_error(error, session.live, updates=updates) from error
+                if error is not None:
+                    raise error
+                update = session.decode(result)
+                if update is None:
+                    done = True
+                    return
+                updates += 1
+                yield update
+        finally:
+            stop.set()
+            if not done and session.sent:
+                with contextlib.suppress(InferenceServerException):  # ends the stream on the server too
+                    triton.async_stream_infer(**session.request(np.zeros(0, np.float32), end=True))
+            triton.stop_stream(cancel_requests=not done)
+            triton.close()
 
     def classify_many(
         self,

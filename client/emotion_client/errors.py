@@ -13,10 +13,13 @@ message text, and re-raised with the original kept as ``__cause__``.
     ├── TransportError               (no usable answer)
     │   ├── ServerUnavailableError   (gRPC UNAVAILABLE: the only status the client retries)
     │   │   ├── ServerBusyError      (the model's queue is full or timed the request out: retried)
+    │   │   │   └── StreamRefusedError (a live stream past the server's limit of streams)
+    │   │   ├── StreamInterruptedError (a live stream cut: the server went away or restarted)
     │   │   └── TLSError             (handshake or certificate failure: fix the config, not retried)
     │   └── RequestTimeoutError
     └── ServerError                  (the server answered with an error)
         ├── ModelNotReadyError
+        ├── StreamExpiredError       (a live stream idle past the server's timeout, forgotten)
         └── AuthenticationError      (missing or wrong credentials/headers, not retried)
 
 Triton and gRPC report a few non-transient failures as ``UNAVAILABLE`` too (a refused restricted
@@ -41,6 +44,9 @@ __all__ = [
     "ServerBusyError",
     "ServerError",
     "ServerUnavailableError",
+    "StreamExpiredError",
+    "StreamInterruptedError",
+    "StreamRefusedError",
     "TLSError",
     "TransportError",
     "from_triton_error",
@@ -126,6 +132,15 @@ class TLSError(ServerUnavailableError):
     """
 
 
+class StreamRefusedError(ServerBusyError):
+    """The server already holds as many live streams as it may; the message names the limit."""
+
+
+class StreamInterruptedError(ServerUnavailableError):
+    """A live stream was cut (the server went away or restarted): its updates so far were delivered;
+    a new stream starts over, losing at most the window in progress."""
+
+
 class RequestTimeoutError(TransportError):
     """The call exceeded its deadline; the server may still have processed it."""
 
@@ -136,6 +151,11 @@ class ServerError(EmotionClientError):
 
 class ModelNotReadyError(ServerError):
     """The server is up but the model is unknown, still loading, or unloaded."""
+
+
+class StreamExpiredError(ServerError):
+    """A live stream was silent longer than the server's idle timeout (the message names it), so the
+    server forgot it; start a new stream."""
 
 
 class AuthenticationError(ServerError):

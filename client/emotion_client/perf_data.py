@@ -24,7 +24,14 @@ from .codec import validate_duration
 from .errors import InvalidAudioError
 from .results import ModelInfo
 
-__all__ = ["PerfClip", "collect_audio_files", "load_perf_clips", "perf_input_data", "write_perf_data"]
+__all__ = [
+    "PerfClip",
+    "collect_audio_files",
+    "load_perf_clips",
+    "perf_input_data",
+    "perf_stream_data",
+    "write_perf_data",
+]
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -113,6 +120,32 @@ def perf_input_data(clips: Sequence[npt.NDArray[np.float32]], input_name: str) -
                     "shape": [int(clip.size)],
                 }
             }
+            for clip in clips
+        ]
+    }
+
+
+def perf_stream_data(
+    clips: Sequence[npt.NDArray[np.float32]], input_name: str, *, chunk_samples: int
+) -> dict[str, Any]:
+    """perf_analyzer's JSON for the stream model: each clip one sequence, sent in chunks of
+    `chunk_samples` (the last one shorter), as a live source would send it. perf_analyzer sets the
+    START and END flags on each sequence's first and last step (--streaming, one sequence per
+    concurrent client)."""
+    if chunk_samples < 1:
+        raise ValueError(f"chunks must hold at least one sample, got {chunk_samples}")
+
+    def step(samples: npt.NDArray[np.float32]) -> dict[str, Any]:
+        return {
+            input_name: {
+                "b64": base64.b64encode(np.ascontiguousarray(samples, "<f4").tobytes()).decode("ascii"),
+                "shape": [int(samples.size)],
+            }
+        }
+
+    return {
+        "data": [
+            [step(clip[start : start + chunk_samples]) for start in range(0, clip.size, chunk_samples)]
             for clip in clips
         ]
     }

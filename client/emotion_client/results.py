@@ -17,6 +17,7 @@ __all__ = [
     "LabelScore",
     "ModelInfo",
     "ProgressCallback",
+    "StreamUpdate",
 ]
 
 
@@ -77,6 +78,17 @@ class ModelInfo:
     def num_classes(self) -> int:
         """Length of the probabilities vector the server returns."""
         return len(self.labels)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class StreamUpdate:
+    """The emotion of one window of a live stream (``EmotionClient.stream``)."""
+
+    start_s: float
+    """Where the window starts, in seconds from the start of the stream."""
+    end_s: float
+    """Where it ends; the update equals ``classify()`` on exactly the samples in [start_s, end_s)."""
+    classification: Classification
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
