@@ -12,7 +12,7 @@ LIBTORCH_BACKEND := $(VENV)/share/emotion-build/backends/pytorch/libtriton_pytor
 REPOSITORY ?= model_repository
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: demo test lint typecheck setup system-deps libtorch-backend repository serve loadtest model-analyzer bench bench-quick bench-tune bench-precision bench-variants bench-drift bench-overhead clean
+.PHONY: demo test lint typecheck setup system-deps libtorch-backend repository serve loadtest model-analyzer loadtest-live bench bench-quick bench-live bench-tune bench-precision bench-variants bench-drift bench-overhead clean
 
 demo: setup  ## export (real weights when reachable), serve on CPU, classify samples/, stop
 	$(BIN)/python -m emotion_build demo --model-repository $(REPOSITORY) --samples samples
@@ -70,6 +70,18 @@ loadtest: setup  ## perf_analyzer's concurrency sweep on real speech against a r
 		--samples $(SAMPLES) --stability $(STABILITY) --max-trials $(MAX_TRIALS) --percentile $(PERCENTILE) \
 		--output $(LOADTEST_DIR)
 
+# make loadtest-live: perf_analyzer's sequence mode against the live-stream model: each of SAMPLES' files one
+# stream in CHUNK_S chunks over gRPC streaming, CONCURRENCY concurrent streams (docs/loadtest.md).
+CHUNK_S ?= 0.1
+LIVE_CONCURRENCY ?= 1:8:1
+
+loadtest-live: setup  ## perf_analyzer on live streams (sequences of chunks) against a running server
+	mkdir -p $(LOADTEST_DIR)
+	$(BIN)/emotion-client perf-data $(SAMPLES) --stream --chunk-s $(CHUNK_S) -o $(LOADTEST_DIR)/streams.json --url $(URL)
+	LD_LIBRARY_PATH=$$($(BIN)/python -c 'import nvidia.cuda_runtime as c; print(c.__path__[0])')/lib \
+		$(BIN)/perf_analyzer -m stream -i grpc -u $(URL) --streaming --input-data $(LOADTEST_DIR)/streams.json \
+		--concurrency-range $(LIVE_CONCURRENCY) --measurement-interval $(DURATION_MS) -f $(LOADTEST_DIR)/streams.csv
+
 # make model-analyzer: NVIDIA's Model Analyzer, in its own venv, on REPOSITORY (a cpu export with
 # --preferred-batch-size 0) under SAMPLES' speech; it starts its own tritonservers. Reports in MA_DIR.
 MA_VENV ?= .venv-ma
@@ -101,6 +113,9 @@ bench-variants: setup  ## forms of the exported module (bf16/fp32, sdpa, frozen,
 
 bench-overhead: setup libtorch-backend  ## what the serving path costs per request with no model behind it: a GPU server's CPU side (~7 min)
 	$(BIN)/python benchmarks/serving_overhead.py $(BENCH_ARGS)
+
+bench-live: setup  ## live streams: update lag at one stream and at capacity, the most streams served in real time (~10 min)
+	$(BIN)/python benchmarks/live.py $(BENCH_ARGS)
 
 bench-drift: setup  ## how far HF's padded batch moves each clip's answer, next to ours
 	$(BIN)/python benchmarks/batch_drift.py

@@ -384,3 +384,36 @@ def test_table_aligns_results_and_failures() -> None:
         "long/path/a.wav  hap    0.900  hap 0.900",
         "b.wav            ERROR  -      InvalidAudioError: audio file not found: 'b.wav'",
     ]
+
+
+def test_the_twins_decide_the_same_way_after_each_failure() -> None:
+    """One decision for both clients (ClientCore.after_failure): resend after UNAVAILABLE while retries
+    last, a liveness probe first where UNAVAILABLE could mean either, and grpc's ValueError of a closed
+    channel as the SDK's own error (the sync client alone used to catch it)."""
+    from tritonclient.utils import InferenceServerException
+
+    from emotion_client._base import ClientCore, Fail, Retry
+    from emotion_client.errors import EmotionClientError
+
+    core = ClientCore(
+        ["a:1", "b:2"],
+        model_name="emotion",
+        model_version="",
+        timeout_s=5,
+        retry=RetryPolicy(max_retries=1),
+        headers=None,
+        tls=None,
+        verbose=False,
+    )
+    unavailable = InferenceServerException("connection refused", status=UNAVAILABLE)
+    assert isinstance(core.after_failure(unavailable, 0, 0), Retry)
+    last = core.after_failure(unavailable, 1, 0)
+    assert isinstance(last, Fail) and last.probe_liveness
+    closed = core.after_failure(ValueError("Cannot invoke RPC on closed channel!"), 0, 1)
+    assert isinstance(closed, Fail) and type(closed.error) is EmotionClientError and not closed.probe_liveness
+    refused = core.after_failure(InferenceServerException("bad audio", status="StatusCode.INVALID_ARGUMENT"), 0, 1)
+    assert isinstance(refused, Fail) and not refused.probe_liveness
+    health = core.endpoint_health(1, True, InferenceServerException("no model", status="StatusCode.NOT_FOUND"))
+    assert (health.url, health.live, health.ready) == ("b:2", True, False) and "not loaded" in (health.error or "")
+    down = core.endpoint_health(0, unavailable, None)
+    assert (down.live, down.ready) == (False, False) and "unavailable" in (down.error or "")

@@ -57,3 +57,32 @@ def test_concurrency_ranges_are_read_as_perf_analyzer_reads_them() -> None:
     for bad in ("0:4", "4:1", "1:4:0", "a:b", "1:2:3:4", ""):
         with pytest.raises(argparse.ArgumentTypeError):
             concurrency_levels(bad)
+
+
+def test_make_loadtest_live_runs_perf_analyzer_over_streams_of_chunks(triton: TritonServer, tmp_path: Path) -> None:
+    """perf_analyzer's sequence mode over gRPC streaming against the stream model, at a tiny size."""
+    output = tmp_path / "loadtest"
+    result = subprocess.run(
+        [
+            "make",
+            "--no-print-directory",
+            "-C",
+            str(REPO_ROOT),
+            "loadtest-live",
+            f"VENV={Path(sys.executable).parent.parent}",
+            f"URL={triton.endpoints.grpc_url}",
+            f"SAMPLES={REPO_ROOT / 'samples'}",
+            "LIVE_CONCURRENCY=1:2",
+            "DURATION_MS=2000",
+            "CHUNK_S=0.5",
+            f"LOADTEST_DIR={output}",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
+    assert "wrote" in result.stdout and "streams from" in result.stdout
+    rows = read_perf_csv((output / "streams.csv").read_text())
+    assert [row.concurrency for row in rows] == [1, 2]
+    assert all(row.inferences_per_s > 0 for row in rows)

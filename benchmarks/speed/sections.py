@@ -16,6 +16,7 @@ MARKERS = {
     "variants-gpu": ("<!-- variants-gpu:begin -->", "<!-- variants-gpu:end -->"),
     "jit": ("<!-- jit:begin -->", "<!-- jit:end -->"),
     "jit-gpu": ("<!-- jit-gpu:begin -->", "<!-- jit-gpu:end -->"),
+    "live": ("<!-- live:begin -->", "<!-- live:end -->"),
 }
 
 

@@ -7,6 +7,7 @@ only send requests and sleep, each in its own way.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import threading
 import time
@@ -25,14 +26,31 @@ from .errors import (
     ServerBusyError,
     ServerUnavailableError,
     from_triton_error,
+    is_ambiguous_unavailable,
 )
 from .results import BatchItem, BatchProgress, Classification, EndpointHealth, ModelInfo, ProgressCallback
 from .retry import RetryPolicy, backoff_delay_s, is_retryable, should_retry
 from .timeline import Timeline, Window, build_timeline, iter_windows
 
-__all__ = ["BatchCollector", "ClientCore", "TimelineRun", "validate_concurrency"]
+__all__ = ["BatchCollector", "ClientCore", "Fail", "Retry", "TimelineRun", "validate_concurrency"]
 
 _LOGGER = logging.getLogger("emotion_client")
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Retry:
+    """Send again after sleeping this long (the twins sleep each in their own way)."""
+
+    delay_s: float
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Fail:
+    """Raise `error`; where gRPC's status cannot tell "server down" from "model not loaded", after asking
+    the server whether it is live (ClientCore.map_error's server_live)."""
+
+    error: EmotionClientError
+    probe_liveness: bool = False
 
 
 class ClientCore:
@@ -132,9 +150,38 @@ class ClientCore:
         )
         return delay_s
 
-    def health_error(self, error: InferenceServerException, endpoint: int) -> str:
-        """A one-line reason for an endpoint health report."""
-        return self.map_error(error, endpoint).message
+    def after_failure(self, raised: BaseException, attempt: int, endpoint: int) -> Retry | Fail:
+        """What the twins do after `send` raised `raised` (a tritonclient error, or grpc's ValueError on a
+        channel another thread closed) on ``attempt``: wait and send again, or raise."""
+        if isinstance(raised, ValueError):
+            return Fail(EmotionClientError(f"request failed on the client side: {raised}"))
+        assert isinstance(raised, InferenceServerException)
+        error = self.map_error(raised, endpoint)
+        delay_s = self.retry_delay_s(error, attempt, endpoint)
+        if delay_s is not None:
+            return Retry(delay_s)
+        return Fail(error, probe_liveness=is_ambiguous_unavailable(raised))
+
+    def endpoint_health(
+        self,
+        endpoint: int,
+        live: bool | InferenceServerException,
+        ready: bool | InferenceServerException | None,
+    ) -> EndpointHealth:
+        """An endpoint's health from its probes' answers (`ready` None: not asked, the server not live)."""
+        url = self.urls[endpoint]
+        if isinstance(live, InferenceServerException):
+            return EndpointHealth(
+                url=url, live=False, ready=False, error=self.map_error(live, endpoint).message
+            )
+        if not live:
+            return EndpointHealth(url=url, live=False, ready=False, error="server reports it is not live")
+        if isinstance(ready, InferenceServerException):
+            return EndpointHealth(
+                url=url, live=True, ready=False, error=self.map_error(ready, endpoint).message
+            )
+        error = None if ready else f"model '{self.model_name}' is not loaded or not ready"
+        return EndpointHealth(url=url, live=True, ready=bool(ready), error=error)
 
     def not_ready_error(self, health: Sequence[EndpointHealth], timeout_s: float) -> EmotionClientError:
         """What ``wait_until_ready`` raises when its time is up, naming every endpoint that is not ready."""

@@ -20,7 +20,7 @@ import tritonclient.grpc as grpcclient  # type: ignore[import-untyped, unused-ig
 from tritonclient.utils import InferenceServerException  # type: ignore[import-untyped, unused-ignore]
 
 from . import codec
-from ._base import BatchCollector, ClientCore, TimelineRun, validate_concurrency
+from ._base import BatchCollector, ClientCore, Fail, TimelineRun, validate_concurrency
 from ._defaults import (
     DEFAULT_CONCURRENCY,
     DEFAULT_HOP_S,
@@ -36,7 +36,7 @@ from ._defaults import (
 )
 from .audio import AudioSource
 from .connection import TLSConfig
-from .errors import EmotionClientError, is_ambiguous_unavailable
+from .errors import EmotionClientError
 from .results import BatchItem, Classification, EndpointHealth, ModelInfo, ProgressCallback, StreamUpdate
 from .retry import RetryPolicy
 from .streaming import STREAM_MODEL, StreamInfo, StreamSession, stream_error
@@ -479,17 +479,15 @@ class EmotionClient:
             endpoint = core.next_endpoint()
             try:
                 return send(self._tritons[endpoint], deadline_s)
-            except InferenceServerException as e:
-                error = core.map_error(e, endpoint)
-                delay_s = core.retry_delay_s(error, attempt, endpoint)
-                if delay_s is None:
-                    if is_ambiguous_unavailable(e):
+            except (InferenceServerException, ValueError) as e:  # ValueError: a channel another thread closed
+                self._ensure_open()
+                decision = core.after_failure(e, attempt, endpoint)
+                if isinstance(decision, Fail):
+                    error = decision.error
+                    if decision.probe_liveness:
                         error = core.map_error(e, endpoint, server_live=self._probe_liveness(endpoint))
                     raise error from e
-            except ValueError as e:  # grpc refuses calls on a channel closed by another thread
-                self._ensure_open()
-                raise EmotionClientError(f"request failed on the client side: {e}") from e
-            time.sleep(delay_s)
+            time.sleep(decision.delay_s)
             attempt += 1
 
     def _probe_liveness(self, endpoint: int) -> bool:
@@ -504,26 +502,27 @@ class EmotionClient:
             return False
 
     def _endpoint_health(self, endpoint: int, timeout_s: float) -> EndpointHealth:
-        url = self._core.urls[endpoint]
         if self._closed:
-            return EndpointHealth(url=url, live=False, ready=False, error="client is closed")
+            return EndpointHealth(
+                url=self._core.urls[endpoint], live=False, ready=False, error="client is closed"
+            )
         triton, core = self._tritons[endpoint], self._core
+        live: bool | InferenceServerException
+        ready: bool | InferenceServerException | None = None
         try:
             live = bool(triton.is_server_live(headers=core.headers, client_timeout=timeout_s))
         except InferenceServerException as e:
-            return EndpointHealth(url=url, live=False, ready=False, error=core.health_error(e, endpoint))
-        if not live:
-            return EndpointHealth(url=url, live=False, ready=False, error="server reports it is not live")
-        try:
-            ready = bool(
-                triton.is_model_ready(
-                    core.model_name,
-                    model_version=core.model_version,
-                    headers=core.headers,
-                    client_timeout=timeout_s,
+            live = e
+        if live is True:
+            try:
+                ready = bool(
+                    triton.is_model_ready(
+                        core.model_name,
+                        model_version=core.model_version,
+                        headers=core.headers,
+                        client_timeout=timeout_s,
+                    )
                 )
-            )
-        except InferenceServerException as e:
-            return EndpointHealth(url=url, live=True, ready=False, error=core.health_error(e, endpoint))
-        error = None if ready else f"model '{core.model_name}' is not loaded or not ready"
-        return EndpointHealth(url=url, live=True, ready=ready, error=error)
+            except InferenceServerException as e:
+                ready = e
+        return core.endpoint_health(endpoint, live, ready)
