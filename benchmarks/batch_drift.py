@@ -22,8 +22,8 @@ import soundfile
 import soxr
 import torch
 
-from emotion_build.export import trace
-from emotion_build.loading import load_pretrained, random_model
+from emotion_build.export.tracing import trace
+from emotion_build.model.loading import load_pretrained, random_model
 from emotion_build.triton_models.waveform import FloatArray, normalise
 
 SENTENCES = (

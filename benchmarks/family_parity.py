@@ -22,10 +22,12 @@ from pathlib import Path
 
 import torch
 
-from emotion_build.description import BatchingSettings
-from emotion_build.export import PARITY_TOLERANCE, check_parity, describe, export, trace
-from emotion_build.families import FAMILIES, FAMILY_NAMES, FamilyName
-from emotion_build.loading import random_model
+from emotion_build.export.parity import PARITY_TOLERANCE, check_parity
+from emotion_build.export.pipeline import describe, export
+from emotion_build.export.tracing import trace
+from emotion_build.model.families import FAMILIES, FAMILY_NAMES, FamilyName
+from emotion_build.model.loading import random_model
+from emotion_build.repository.description import BatchingSettings
 
 CHECK_LENGTHS = (1600, 16000, 55_000, 88_000, 128_000)
 """0.1 s to 8 s, as `export` draws them: the shortest the server accepts up to its check's longest."""

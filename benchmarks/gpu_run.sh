@@ -43,7 +43,7 @@ from pathlib import Path
 import numpy as np
 import soundfile
 
-from emotion_build.speech import synthesise
+from emotion_build.export.speech import synthesise
 
 for index, clip in enumerate(synthesise(40, sample_rate=16000, seed=11)):
     soundfile.write(Path(".gpu/rest/speech") / f"{index:02d}.wav", clip, 16000, subtype="PCM_16")

@@ -47,9 +47,9 @@ from speed.context import machine_name
 from speed.sections import REPO_ROOT, write_section
 from torch import nn
 
-from emotion_build.batched_classifier import CONV_FORMS, RaggedEmotionClassifier
-from emotion_build.export import conv_form_for, trace
-from emotion_build.loading import LoadedModel, random_model
+from emotion_build.export.tracing import conv_form_for, trace
+from emotion_build.model.batched_classifier import CONV_FORMS, RaggedEmotionClassifier
+from emotion_build.model.loading import LoadedModel, random_model
 
 RATE = 16000
 VARIANTS: dict[str, str] = {

@@ -31,11 +31,11 @@ from speed.inprocess import inprocess_call, load_served
 from speed.progress import log
 from speed.sections import REPO_ROOT, write_section
 
-from emotion_build.description import BatchingSettings, StreamSettings
-from emotion_build.export import describe, export
-from emotion_build.loading import random_model
-from emotion_build.server import TritonServer
-from emotion_build.speech import synthesise
+from emotion_build.export.pipeline import describe, export
+from emotion_build.export.speech import synthesise
+from emotion_build.model.loading import random_model
+from emotion_build.repository.description import BatchingSettings, StreamSettings
+from emotion_build.server.launcher import TritonServer
 
 RATE = 16000
 CHUNK_S = 0.1
@@ -222,7 +222,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             log("exporting the default cpu repository (--random-init base)")
             provenance = export(loaded, repository, "cpu", description, progress=log).provenance
         else:
-            from emotion_build.description import Provenance
+            from emotion_build.repository.description import Provenance
 
             provenance = Provenance.from_json((repository / "classifier" / "1" / "export.json").read_text())
         with TritonServer(repository) as server:

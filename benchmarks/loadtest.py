@@ -16,7 +16,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from emotion_build.perf import PerfRow, perf_analyzer_command, perf_analyzer_env, read_perf_csv
+from emotion_build.server.perf_analyzer import PerfRow, perf_analyzer_command, perf_analyzer_env, read_perf_csv
 from emotion_client import EmotionClient
 from emotion_client.perf_data import collect_audio_files, load_perf_clips, write_perf_data
 

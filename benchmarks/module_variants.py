@@ -16,7 +16,7 @@ eager fp32 model on espeak-ng speech (each clip alone). Variants:
 - -aoti (--aoti): a padded-batch form compiled by AOTInductor (`torch.export`, dynamic batch and
   length, group-norm statistics as masked sums): fused elementwise kernels TorchScript lacks;
 - -int8 (--int8, CPU): the encoder layers' linear maps as int8 products as `export --dtype int8`
-  makes them (emotion_build.int8_products: GPTQ-rounded weights, activations per row), everything
+  makes them (emotion_build.model.int8_products: GPTQ-rounded weights, activations per row), everything
   else in the reduced precision;
 - hf-fp32, hf-bf16: the Hugging Face model itself on a padded batch (its default attention).
 
@@ -47,13 +47,14 @@ from speed.context import machine_name
 from speed.sections import REPO_ROOT, write_section
 from torch import Tensor, nn
 
-from emotion_build import batched_classifier
-from emotion_build.batched_classifier import RaggedEmotionClassifier
-from emotion_build.export import calibration_speech, conv_form_for
-from emotion_build.int8_products import calibrate, with_int8_linears
-from emotion_build.loading import LoadedModel, random_model
-from emotion_build.precision import TORCH_DTYPES
-from emotion_build.speech import speech_for_measurement
+from emotion_build.export.calibration import calibration_speech
+from emotion_build.export.precision import TORCH_DTYPES
+from emotion_build.export.speech import speech_for_measurement
+from emotion_build.export.tracing import conv_form_for
+from emotion_build.model import batched_classifier
+from emotion_build.model.batched_classifier import RaggedEmotionClassifier
+from emotion_build.model.int8_products import calibrate, with_int8_linears
+from emotion_build.model.loading import LoadedModel, random_model
 from emotion_build.triton_models.heap import keep_freed_memory
 from emotion_build.triton_models.ragged import concatenate
 from emotion_build.triton_models.waveform import FloatArray, normalise

@@ -32,8 +32,8 @@ import numpy as np
 from process_memory import PeakSampler, Resident, processes, region_mib, snapshot, total
 from tritonclient.grpc import service_pb2
 
-from emotion_build.description import AUDIO_INPUT, CLASSIFIER_MODEL, ENSEMBLE_MODEL, WAVEFORM
-from emotion_build.server import TritonServer
+from emotion_build.repository.description import AUDIO_INPUT, CLASSIFIER_MODEL, ENSEMBLE_MODEL, WAVEFORM
+from emotion_build.server.launcher import TritonServer
 
 __all__ = ["Burst", "Outcome", "burst", "burst_table", "outcome_summary"]
 

@@ -1,7 +1,7 @@
 """How far a reduced-precision export (`export --dtype int8|bf16|fp16`) moves the answers, on more
 speech than the export's own gate runs.
 
-The very gate `export` applies (emotion_build.precision.run_gate): the module traced as `export`
+The very gate `export` applies (emotion_build.export.precision.run_gate): the module traced as `export`
 traces it for the device's target, against the eager fp32 Hugging Face model, on espeak-ng speech
 of 1-10 s in eight voices, each clip alone and in ragged batches of 8; here on 100 clips by
 default instead of the export's 40, with the time each pass took. Writes the result between the
@@ -25,10 +25,11 @@ import torch
 from speed.context import machine_name
 from speed.sections import REPO_ROOT, write_section
 
-from emotion_build.export import calibration_speech, conv_form_for, trace
-from emotion_build.loading import load_pretrained, random_model
-from emotion_build.precision import GATE_BATCH_SIZE, Precision, run_gate
-from emotion_build.speech import speech_for_measurement
+from emotion_build.export.calibration import calibration_speech
+from emotion_build.export.precision import GATE_BATCH_SIZE, Precision, run_gate
+from emotion_build.export.speech import speech_for_measurement
+from emotion_build.export.tracing import conv_form_for, trace
+from emotion_build.model.loading import load_pretrained, random_model
 from emotion_build.triton_models.waveform import FloatArray, normalise
 
 RATE = 16000

@@ -17,7 +17,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import TYPE_CHECKING
 
-from emotion_build.server import TritonServer
+from emotion_build.server.launcher import TritonServer
 
 if TYPE_CHECKING:
     from typing import Self

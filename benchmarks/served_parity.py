@@ -30,7 +30,9 @@ from batch_drift import speech_clips
 from speed.progress import log
 from speed.workloads import RATE
 
-from emotion_build.description import (
+from emotion_build.export.pipeline import describe, export
+from emotion_build.model.loading import LoadedModel, load_pretrained, random_model
+from emotion_build.repository.description import (
     AUDIO_INPUT,
     CLASSIFIER_MODEL,
     ENSEMBLE_MODEL,
@@ -38,11 +40,9 @@ from emotion_build.description import (
     BatchingSettings,
     Target,
 )
-from emotion_build.export import describe, export
-from emotion_build.libtorch_backend import check_backend, default_backends_dir
-from emotion_build.loading import LoadedModel, load_pretrained, random_model
-from emotion_build.server import TritonServer
-from emotion_build.triton_install import find_tritonserver
+from emotion_build.server.install import find_tritonserver
+from emotion_build.server.launcher import TritonServer
+from emotion_build.server.libtorch_backend import check_backend, default_backends_dir
 from emotion_build.triton_models.waveform import FloatArray
 
 RUNTIMES: dict[str, Target] = {"python": "cpu", "libtorch": "gpu"}

@@ -46,12 +46,12 @@ from speed.progress import log
 from speed.sections import REPO_ROOT, write_section
 from speed.workloads import Workload, make_workloads
 
-from emotion_build.description import AUDIO_INPUT, ENSEMBLE_MODEL, BatchingSettings, Target
-from emotion_build.export import describe, export
-from emotion_build.libtorch_backend import check_backend, default_backends_dir
-from emotion_build.loading import random_model
-from emotion_build.server import TritonServer
-from emotion_build.triton_install import TritonInstall, find_tritonserver
+from emotion_build.export.pipeline import describe, export
+from emotion_build.model.loading import random_model
+from emotion_build.repository.description import AUDIO_INPUT, ENSEMBLE_MODEL, BatchingSettings, Target
+from emotion_build.server.install import TritonInstall, find_tritonserver
+from emotion_build.server.launcher import TritonServer
+from emotion_build.server.libtorch_backend import check_backend, default_backends_dir
 
 ROLES = ("server", "preprocess", "classifier runner", "perf_analyzer")
 RUNTIMES: dict[str, Target] = {"python": "cpu", "libtorch": "gpu"}

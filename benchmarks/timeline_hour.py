@@ -21,7 +21,7 @@ import numpy as np
 import soundfile
 import soxr
 
-from emotion_build.server import TritonServer
+from emotion_build.server.launcher import TritonServer
 
 SENTENCES = (
     "Thanks for joining the call today, let's go through the numbers.",

@@ -18,7 +18,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from emotion_build.description import (
+from emotion_build.repository.description import (
     CLASSIFIER_MODEL,
     ENSEMBLE_MODEL,
     LABELS_FILE,
@@ -27,7 +27,7 @@ from emotion_build.description import (
     Provenance,
     Target,
 )
-from emotion_build.repository import MODEL_SOURCES
+from emotion_build.repository.writer import MODEL_SOURCES
 
 __all__ = ["RepositoryCheckError", "check_repository", "expected_files", "main", "torch_release"]
 
@@ -41,7 +41,7 @@ class RepositoryCheckError(RuntimeError):
 
 
 def expected_files(target: Target) -> tuple[str, ...]:
-    """Every file `emotion_build.repository.write_repository` writes for `target`, relative, sorted."""
+    """Every file `emotion_build.repository.writer.write_repository` writes for `target`, relative, sorted."""
     files = {
         f"{ENSEMBLE_MODEL}/{LABELS_FILE}",
         *(f"{CLASSIFIER_MODEL}/{_VERSION}/{name}" for name in (MODEL_FILE, PROVENANCE_FILE)),

@@ -15,9 +15,9 @@ from repositories import export_cpu_repository, export_repository
 from speech import espeak_clips
 from triton_probes import SERVED
 
-from emotion_build.loading import LoadedModel, random_model
-from emotion_build.server import TritonServer
-from emotion_build.triton_install import find_tritonserver
+from emotion_build.model.loading import LoadedModel, random_model
+from emotion_build.server.install import find_tritonserver
+from emotion_build.server.launcher import TritonServer
 from emotion_client import EmotionClient
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -45,7 +45,7 @@ def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
 @pytest.fixture(scope="session")
 def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A checkpoint directory like a hub download, so the export runs the real loading code."""
-    from emotion_build.loading import random_model
+    from emotion_build.model.loading import random_model
 
     loaded = random_model("tiny", seed=3)
     directory = tmp_path_factory.mktemp("tiny-model")
@@ -80,7 +80,7 @@ def tiny_repository(tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFacto
 @pytest.fixture(scope="session")
 def libtorch_backends() -> Path:
     """The libtorch backend `make test` builds into this environment (make libtorch-backend)."""
-    from emotion_build.libtorch_backend import BackendBuildError, check_backend, default_backends_dir
+    from emotion_build.server.libtorch_backend import BackendBuildError, check_backend, default_backends_dir
 
     try:
         check_backend(default_backends_dir())

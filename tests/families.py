@@ -8,8 +8,8 @@ from typing import Any
 
 from transformers import Wav2Vec2FeatureExtractor
 
-from emotion_build.families import FamilyName, Layout, random_config
-from emotion_build.loading import SUPERB_LABELS, random_checkpoint
+from emotion_build.model.families import FamilyName, Layout, random_config
+from emotion_build.model.loading import SUPERB_LABELS, random_checkpoint
 
 SEVEN_LABELS = ("neutral", "calm", "happy", "sad", "angry", "fearful", "disgust")
 

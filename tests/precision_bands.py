@@ -6,7 +6,7 @@ from __future__ import annotations
 import dataclasses
 from pathlib import Path
 
-from emotion_build.description import Provenance
+from emotion_build.repository.description import Provenance
 
 FP32_VS_EAGER = 1e-4
 FP32_BATCHED = 1e-5

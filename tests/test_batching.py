@@ -12,7 +12,7 @@ import pytest
 from precision_bands import bands_of
 from triton_probes import alone_then_together
 
-from emotion_build.server import TritonServer
+from emotion_build.server.launcher import TritonServer
 
 SAMPLE_RATE = 16000
 CONCURRENCY = 8  # the test repository's max_batch_size (tests/conftest.py)

@@ -12,8 +12,8 @@ import pytest
 from repositories import export_cpu_repository
 from triton_probes import clip, counts_after, infer, raw_client, settled_counts
 
-from emotion_build.description import BatchingSettings
-from emotion_build.server import TritonServer
+from emotion_build.repository.description import BatchingSettings
+from emotion_build.server.launcher import TritonServer
 
 DEFAULTS = BatchingSettings.for_target("cpu")
 REQUESTS = 12

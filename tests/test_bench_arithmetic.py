@@ -9,7 +9,7 @@ import types
 import pytest
 from speed.arithmetic import Arithmetic, MatmulPeak, clip_flops
 
-from emotion_build.loading import random_model
+from emotion_build.model.loading import random_model
 
 
 def test_a_toy_config_is_counted_by_hand() -> None:

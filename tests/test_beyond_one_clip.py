@@ -20,7 +20,7 @@ from precision_bands import bands_of
 from speech import espeak_clip
 from triton_probes import infer
 
-from emotion_build.server import TritonServer
+from emotion_build.server.launcher import TritonServer
 from emotion_client import AsyncEmotionClient, EmotionClient
 from emotion_client.audio import load_audio
 

@@ -15,12 +15,12 @@ import torch
 from repositories import export_cpu_repository
 from test_end_to_end import eager_probabilities, in_label_order
 
-import emotion_build.precision
-from emotion_build.description import BatchingSettings, Provenance
-from emotion_build.export import ExportError, describe, export
-from emotion_build.loading import LoadedModel
-from emotion_build.precision import GATE_LIMITS, GateLimits
-from emotion_build.server import TritonServer
+import emotion_build.export.precision
+from emotion_build.export.pipeline import ExportError, describe, export
+from emotion_build.export.precision import GATE_LIMITS, GateLimits
+from emotion_build.model.loading import LoadedModel
+from emotion_build.repository.description import BatchingSettings, Provenance
+from emotion_build.server.launcher import TritonServer
 from emotion_build.triton_models.cpu_features import cpu_flags, native_bf16_flags
 from emotion_client import EmotionClient
 
@@ -118,7 +118,7 @@ def test_auto_follows_the_exporting_cpu(tiny: LoadedModel, tmp_path: Path, few_c
 def test_a_failed_gate_fails_an_explicit_bf16_and_sends_auto_back_to_fp32(
     tiny: LoadedModel, tmp_path: Path, few_clips: Any, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setitem(emotion_build.precision.GATE_LIMITS, "bf16", GateLimits(0.0, 1.0))  # nothing passes
+    monkeypatch.setitem(emotion_build.export.precision.GATE_LIMITS, "bf16", GateLimits(0.0, 1.0))  # nothing passes
     with pytest.raises(ExportError, match=r"fails the precision gate: max \|Δprob\| .* \(limit 0\).*--dtype fp32"):
         export_tiny(tiny, tmp_path / "explicit", dtype="bf16", gate_speech=few_clips)
     assert not (tmp_path / "explicit").exists()

@@ -14,7 +14,7 @@ import pytest
 import soundfile
 from tritonclient.utils import InferenceServerException
 
-from emotion_build.endpoints import free_port
+from emotion_build.server.endpoints import free_port
 from emotion_client import (
     AsyncEmotionClient,
     EmotionClient,

@@ -15,7 +15,7 @@ import pytest
 import soundfile
 from tritonclient.utils import InferenceServerException
 
-from emotion_build.server import TritonServer
+from emotion_build.server.launcher import TritonServer
 from emotion_client import AsyncEmotionClient, AuthenticationError, EmotionClient, EmotionClientError
 from emotion_client.cli import main
 

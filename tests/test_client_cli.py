@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 import soundfile
 
-from emotion_build.endpoints import free_port
+from emotion_build.server.endpoints import free_port
 from emotion_client import EmotionClient
 from emotion_client.cli import main
 

@@ -16,7 +16,7 @@ import numpy.typing as npt
 import pytest
 import tritonclient.grpc as grpcclient
 
-from emotion_build.server import TritonServer
+from emotion_build.server.launcher import TritonServer
 from emotion_client import AsyncEmotionClient, EmotionClient, RetryPolicy, ServerUnavailableError
 from emotion_client._defaults import ENDPOINT_COOLDOWN_S
 from emotion_client.cli import main

@@ -19,8 +19,8 @@ import soundfile
 import tritonclient.grpc as grpcclient
 from tritonclient.utils import InferenceServerException
 
-from emotion_build.endpoints import free_port
-from emotion_build.server import TritonServer
+from emotion_build.server.endpoints import free_port
+from emotion_build.server.launcher import TritonServer
 from emotion_client import (
     Classification,
     EmotionClient,

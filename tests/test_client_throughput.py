@@ -18,7 +18,7 @@ import pytest
 from repositories import export_cpu_repository
 from triton_probes import counts_after, settled_counts
 
-from emotion_build.server import TritonServer
+from emotion_build.server.launcher import TritonServer
 from emotion_client import AsyncEmotionClient, Classification, EmotionClient
 
 CLIPS = 48

@@ -14,7 +14,7 @@ import pytest
 import soundfile
 from certificates import Pki, make_pki
 
-from emotion_build.server import TritonServer
+from emotion_build.server.launcher import TritonServer
 from emotion_client import (
     AsyncEmotionClient,
     EmotionClient,

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from emotion_build.batched_classifier import clip_group_norm
+from emotion_build.model.batched_classifier import clip_group_norm
 
 CHANNELS = 6
 

@@ -9,8 +9,8 @@ import pytest
 from google.protobuf import text_format
 from tritonclient.grpc import model_config_pb2 as mc
 
-from emotion_build.configs import all_configs, render
-from emotion_build.description import TARGETS, BatchingSettings, ModelDescription, Provenance
+from emotion_build.repository.configs import all_configs, render
+from emotion_build.repository.description import TARGETS, BatchingSettings, ModelDescription, Provenance
 
 LABELS = ("neu", "hap", "ang", "sad")
 

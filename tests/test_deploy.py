@@ -38,16 +38,16 @@ from packaging.utils import canonicalize_name
 from packaging.version import Version
 
 from emotion_build.cli import _parser
-from emotion_build.description import (
+from emotion_build.repository.description import (
     AUDIO_INPUT,
     CLASSIFIER_MODEL,
     ENSEMBLE_MODEL,
     PREPROCESS_MODEL,
     BatchingSettings,
 )
-from emotion_build.repository import MODEL_SOURCES
-from emotion_build.server import TritonServer
-from emotion_build.triton_install import find_tritonserver
+from emotion_build.repository.writer import MODEL_SOURCES
+from emotion_build.server.install import find_tritonserver
+from emotion_build.server.launcher import TritonServer
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 DOCKER = REPO_ROOT / "docker"

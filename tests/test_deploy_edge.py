@@ -33,8 +33,14 @@ from test_deploy import (
 )
 
 from emotion_build.cli import _parser
-from emotion_build.edge import EDGE_GRPC_PORT, EDGE_HTTP_PORT, FRAMING_BYTES, JSON_BYTES_PER_SAMPLE, RequestLimits
-from emotion_build.server_memory import GRPC_MEMORY_ARGS, JEMALLOC_CONF, STUB_ENVIRONMENT_SCRIPT
+from emotion_build.repository.edge import (
+    EDGE_GRPC_PORT,
+    EDGE_HTTP_PORT,
+    FRAMING_BYTES,
+    JSON_BYTES_PER_SAMPLE,
+    RequestLimits,
+)
+from emotion_build.server.memory import GRPC_MEMORY_ARGS, JEMALLOC_CONF, STUB_ENVIRONMENT_SCRIPT
 
 SAMPLE_RATE = 16000
 """The tiny checkpoint's feature extractor rate."""
@@ -47,8 +53,10 @@ def dockerfile() -> list[Instruction]:
 
 def edge_command(dockerfile: list[Instruction]) -> tuple[str, str, str]:
     """The export stage's edge RUN line and the repository and config paths it names."""
-    (run,) = [i.args for i in stage(dockerfile, "export") if i.keyword == "RUN" and "emotion_build.edge" in i.args]
-    match = re.fullmatch(r"python -m emotion_build\.edge (\S+) (\S+)", run)
+    (run,) = [
+        i.args for i in stage(dockerfile, "export") if i.keyword == "RUN" and "emotion_build.repository.edge" in i.args
+    ]
+    match = re.fullmatch(r"python -m emotion_build\.repository\.edge (\S+) (\S+)", run)
     assert match, f"unexpected edge command {run!r}"
     return run, match[1], match[2]
 

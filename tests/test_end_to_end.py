@@ -15,7 +15,7 @@ from precision_bands import bands_of
 from speech import espeak_clip
 from tritonclient.utils import InferenceServerException
 
-from emotion_build.server import TritonServer
+from emotion_build.server.launcher import TritonServer
 from emotion_client import Classification, EmotionClient
 from emotion_client.audio import load_audio
 

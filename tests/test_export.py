@@ -13,10 +13,11 @@ import pytest
 import torch
 from repositories import refused_export
 
-from emotion_build.batched_classifier import CONV_FORMS, grouped_conv_frames
-from emotion_build.description import Provenance
-from emotion_build.export import check_parity, conv_form_for, trace
-from emotion_build.loading import LoadedModel, load_pretrained, random_model
+from emotion_build.export.parity import check_parity
+from emotion_build.export.tracing import conv_form_for, trace
+from emotion_build.model.batched_classifier import CONV_FORMS, grouped_conv_frames
+from emotion_build.model.loading import LoadedModel, load_pretrained, random_model
+from emotion_build.repository.description import Provenance
 
 SAMPLE_RATE = 16000
 Traced = tuple[LoadedModel, torch.jit.ScriptModule]
@@ -51,8 +52,8 @@ def test_export_picks_the_conv_form_by_target() -> None:
 
 
 def test_saved_file_matches_eager_alone_and_batched(traced_tiny: Traced, tmp_path: Path) -> None:
-    from emotion_build.description import BatchingSettings
-    from emotion_build.export import describe
+    from emotion_build.export.pipeline import describe
+    from emotion_build.repository.description import BatchingSettings
 
     loaded, scripted = traced_tiny
     scripted.save(str(tmp_path / "m.pt"))

@@ -21,13 +21,15 @@ from speech import espeak_clips
 from transformers import AutoModelForAudioClassification, Wav2Vec2FeatureExtractor
 from triton_probes import alone_then_together
 
-from emotion_build.description import BatchingSettings, Provenance, Target
-from emotion_build.export import PARITY_TOLERANCE, check_parity, describe, export, trace
-from emotion_build.families import FAMILIES, random_config
-from emotion_build.loading import load_pretrained, random_model
-from emotion_build.precision import Precision
-from emotion_build.server import TritonServer
-from emotion_build.triton_install import find_tritonserver
+from emotion_build.export.parity import PARITY_TOLERANCE, check_parity
+from emotion_build.export.pipeline import describe, export
+from emotion_build.export.precision import Precision
+from emotion_build.export.tracing import trace
+from emotion_build.model.families import FAMILIES, random_config
+from emotion_build.model.loading import load_pretrained, random_model
+from emotion_build.repository.description import BatchingSettings, Provenance, Target
+from emotion_build.server.install import find_tritonserver
+from emotion_build.server.launcher import TritonServer
 from emotion_client import EmotionClient
 
 RATE = 16000

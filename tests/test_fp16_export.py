@@ -13,10 +13,10 @@ import pytest
 import torch
 from speech import espeak_clips
 
-from emotion_build.description import BatchingSettings, Provenance
-from emotion_build.export import describe, export
-from emotion_build.loading import random_model
-from emotion_build.precision import GATE_LIMITS
+from emotion_build.export.pipeline import describe, export
+from emotion_build.export.precision import GATE_LIMITS
+from emotion_build.model.loading import random_model
+from emotion_build.repository.description import BatchingSettings, Provenance
 from emotion_build.triton_models.waveform import normalise
 
 RATE = 16000

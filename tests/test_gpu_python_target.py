@@ -20,10 +20,10 @@ from google.protobuf import json_format
 from tritonclient.grpc import model_config_pb2 as mc
 
 from emotion_build.cli import main as cli_main
-from emotion_build.configs import all_configs, render
-from emotion_build.description import BatchingSettings, ModelDescription, Provenance
-from emotion_build.export import describe, export
-from emotion_build.loading import random_model
+from emotion_build.export.pipeline import describe, export
+from emotion_build.model.loading import random_model
+from emotion_build.repository.configs import all_configs, render
+from emotion_build.repository.description import BatchingSettings, ModelDescription, Provenance
 
 LABELS = ("neu", "hap", "ang", "sad")
 
@@ -190,9 +190,9 @@ def test_a_jit_parameter_that_is_not_a_boolean_fails_the_load_by_name(
 def test_serve_refuses_a_libtorch_repository_without_a_libtorch_backend_with_the_ways_out(
     tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    import emotion_build.libtorch_backend
+    import emotion_build.server.libtorch_backend
 
-    monkeypatch.setattr(emotion_build.libtorch_backend, "default_backends_dir", lambda: tmp_path / "no-backends")
+    monkeypatch.setattr(emotion_build.server.libtorch_backend, "default_backends_dir", lambda: tmp_path / "no-backends")
     for name, config in all_configs(ModelDescription(labels=LABELS), "gpu").items():
         (tmp_path / name).mkdir()
         (tmp_path / name / "config.pbtxt").write_text(render(config))

@@ -8,7 +8,7 @@ neighbour, so that they share an execution, must get the answers they get alone.
 Every test runs against both classifier runtimes (`served`): the cpu target's Python runner and the
 production gpu target's libtorch backend. Straight at the libtorch classifier, which can only fail
 a whole batch, a clip the model cannot compute gets the defined all-zero answer instead of an error
-(build/emotion_build/served_classifier.py, docs/hardening.md). No error text carries a build path.
+(build/emotion_build/model/served_classifier.py, docs/hardening.md). No error text carries a build path.
 """
 
 from __future__ import annotations
@@ -40,9 +40,9 @@ from triton_probes import (
     tensor,
 )
 
-from emotion_build.description import CLASSIFIER_OUTPUTS
-from emotion_build.server import TritonServer
-from emotion_build.server_processes import StubProcess
+from emotion_build.repository.description import CLASSIFIER_OUTPUTS
+from emotion_build.server.launcher import TritonServer
+from emotion_build.server.processes import StubProcess
 from emotion_build.triton_models.waveform import normalise
 
 INVALID = "StatusCode.INVALID_ARGUMENT"

@@ -17,7 +17,7 @@ import numpy.typing as npt
 import pytest
 from triton_probes import ModelCounts, model_counts, report
 
-from emotion_build.server import TritonServer
+from emotion_build.server.launcher import TritonServer
 from emotion_client import EmotionClient, InvalidAudioError
 
 

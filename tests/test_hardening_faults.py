@@ -25,9 +25,9 @@ import pytest
 from triton_probes import ServeProcess, clip, format_table, group_stubs, infer, raw_client, report
 from tritonclient.utils import InferenceServerException
 
-from emotion_build.endpoints import free_port
-from emotion_build.serve import STUB_DIED_STATUS
-from emotion_build.server import TritonServer
+from emotion_build.server.endpoints import free_port
+from emotion_build.server.launcher import TritonServer
+from emotion_build.server.serve import STUB_DIED_STATUS
 from emotion_client import EmotionClient, EmotionClientError, ServerError, ServerUnavailableError
 
 TIMEOUT_S = 5.0

@@ -23,7 +23,7 @@ from repositories import export_cpu_repository
 from triton_probes import clip, counts_after, format_table, infer, raw_client, report, settled_counts
 from tritonclient.utils import InferenceServerException
 
-from emotion_build.server import TritonServer
+from emotion_build.server.launcher import TritonServer
 from emotion_client import EmotionClient, EmotionClientError, RetryPolicy, ServerUnavailableError
 
 QUEUE_SIZE = 4

@@ -28,9 +28,9 @@ from process_memory import total
 from triton_probes import clip, infer, model_counts, refusal, report, settled_counts
 from tritonclient.grpc import model_config_pb2 as mc
 
-from emotion_build.description import AUDIO_INPUT, CLASSIFIER_MODEL, ENSEMBLE_MODEL, WAVEFORM
-from emotion_build.server import TritonServer
-from emotion_build.server_memory import GRPC_MEMORY_ARGS
+from emotion_build.repository.description import AUDIO_INPUT, CLASSIFIER_MODEL, ENSEMBLE_MODEL, WAVEFORM
+from emotion_build.server.launcher import TritonServer
+from emotion_build.server.memory import GRPC_MEMORY_ARGS
 from emotion_client import EmotionClient, InvalidAudioError
 
 REQUESTS = 8

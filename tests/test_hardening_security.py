@@ -23,9 +23,9 @@ from triton_probes import RUNTIMES, ServeProcess, clip, infer, report, tensor
 from tritonclient.utils import InferenceServerException
 
 from emotion_build.cli import main
-from emotion_build.endpoints import free_port
-from emotion_build.security import GRPC_HEADER_PREFIX, GrpcTLS, TokenAuth
-from emotion_build.server import TritonServer
+from emotion_build.server.endpoints import free_port
+from emotion_build.server.launcher import TritonServer
+from emotion_build.server.security import GRPC_HEADER_PREFIX, GrpcTLS, TokenAuth
 from emotion_client import AuthenticationError, EmotionClient, ServerUnavailableError, TLSConfig
 
 TOKEN = "s3cr3t-" + "0123456789abcdef" * 2

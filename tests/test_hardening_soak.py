@@ -35,7 +35,7 @@ from process_memory import Resident, processes, region_mib, resident, total
 from triton_probes import clip, format_table, infer, report
 from tritonclient.utils import InferenceServerException
 
-from emotion_build.server import TritonServer
+from emotion_build.server.launcher import TritonServer
 
 THREADS = 4
 CLIPS = 24

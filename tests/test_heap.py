@@ -13,8 +13,8 @@ from pathlib import Path
 import pytest
 from tritonclient.grpc import model_config_pb2 as mc
 
-from emotion_build.configs import all_configs
-from emotion_build.description import BatchingSettings, ModelDescription
+from emotion_build.repository.configs import all_configs
+from emotion_build.repository.description import BatchingSettings, ModelDescription
 from emotion_build.triton_models.heap import malloc_set_by_environment
 
 TRITON_MODELS = Path(__file__).resolve().parents[1] / "build" / "emotion_build" / "triton_models"

@@ -11,7 +11,7 @@ from collections.abc import Iterator
 
 import pytest
 
-PROBE = "from emotion_build.loading import _hub_reachable; print(_hub_reachable(timeout_s=5))"
+PROBE = "from emotion_build.model.loading import _hub_reachable; print(_hub_reachable(timeout_s=5))"
 
 
 class Proxy(http.server.BaseHTTPRequestHandler):

@@ -13,14 +13,15 @@ from repositories import export_cpu_repository
 from test_bf16_export import export_tiny, provenance_of, served_against_eager
 from torch import nn
 
-import emotion_build.precision
-from emotion_build.description import BatchingSettings
-from emotion_build.export import ExportError, describe, export, split_calibration
-from emotion_build.int8_products import Int8Linear, gptq_round
-from emotion_build.loading import LoadedModel
-from emotion_build.precision import GATE_LIMITS, GateLimits
-from emotion_build.server import TritonServer
-from emotion_build.speech import SpeechUnavailableError
+import emotion_build.export.precision
+from emotion_build.export.calibration import split_calibration
+from emotion_build.export.pipeline import ExportError, describe, export
+from emotion_build.export.precision import GATE_LIMITS, GateLimits
+from emotion_build.export.speech import SpeechUnavailableError
+from emotion_build.model.int8_products import Int8Linear, gptq_round
+from emotion_build.model.loading import LoadedModel
+from emotion_build.repository.description import BatchingSettings
+from emotion_build.server.launcher import TritonServer
 
 RATE = 16000
 INT8_LIMIT = GATE_LIMITS["int8"].max_abs_prob_diff
@@ -83,7 +84,7 @@ def test_auto_takes_int8_where_the_cpu_has_vnni_and_records_its_gate(
 def test_a_failed_int8_gate_fails_an_explicit_int8_and_sends_auto_to_bf16(
     tiny: LoadedModel, tmp_path: Path, few_clips: Any, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setitem(emotion_build.precision.GATE_LIMITS, "int8", GateLimits(0.0, 1.0))  # nothing passes
+    monkeypatch.setitem(emotion_build.export.precision.GATE_LIMITS, "int8", GateLimits(0.0, 1.0))  # nothing passes
     with pytest.raises(ExportError, match=r"int8 TorchScript fails the precision gate.*--dtype bf16"):
         export_tiny(tiny, tmp_path / "explicit", dtype="int8", gate_speech=few_clips)
     fallback = export_tiny(tiny, tmp_path / "auto", dtype="auto", machine_flags=WITH_INT8, gate_speech=few_clips)

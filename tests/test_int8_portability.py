@@ -25,9 +25,9 @@ import torch
 from speech import espeak_clips
 from test_bf16_export import provenance_of
 
-from emotion_build.loading import random_model
-from emotion_build.precision import GATE_LIMITS
-from emotion_build.server import TritonServer
+from emotion_build.export.precision import GATE_LIMITS
+from emotion_build.model.loading import random_model
+from emotion_build.server.launcher import TritonServer
 from emotion_build.triton_models.cpu_features import (
     NATIVE_INT8_FLAGS,
     cpu_flags,
@@ -62,7 +62,7 @@ def run_python(code: str, isa: str | None) -> Any:
 
 SATURATION = """
 import json, torch
-from emotion_build.int8_products import Int8Linear
+from emotion_build.model.int8_products import Int8Linear
 layer = torch.jit.script(Int8Linear(torch.full((64, 768), 127.0), torch.ones(64), None, torch.float32))
 hidden = torch.ones(3, 768)
 raw = torch._int_mm(torch.full((3, 768), 127, dtype=torch.int8), torch.full((768, 64), 127, dtype=torch.int8))

@@ -21,7 +21,7 @@ import tritonclient.grpc as grpcclient
 from repositories import export_cpu_repository
 from transformers import AutoModelForAudioClassification, Wav2Vec2FeatureExtractor
 
-from emotion_build.server import TritonServer
+from emotion_build.server.launcher import TritonServer
 from emotion_client import EmotionClient, EmotionClientError
 
 RATE = 16000

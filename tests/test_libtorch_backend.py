@@ -19,9 +19,12 @@ import torch
 from triton_probes import ServeProcess, classifier_runtime, clip, model_counts, raw_client, tensor
 
 from emotion_build.cli import main as cli_main
-from emotion_build.description import CLASSIFIER_OUTPUTS, BatchingSettings
-from emotion_build.endpoints import free_port
-from emotion_build.libtorch_backend import (
+from emotion_build.repository.description import CLASSIFIER_OUTPUTS, BatchingSettings
+from emotion_build.server.endpoints import free_port
+from emotion_build.server.errors import TritonNotFoundError
+from emotion_build.server.install import find_tritonserver
+from emotion_build.server.launcher import TritonServer
+from emotion_build.server.libtorch_backend import (
     BUILD_INFO,
     RELEASE,
     SOURCE_COMMITS,
@@ -29,9 +32,6 @@ from emotion_build.libtorch_backend import (
     check_backend,
     fetch_sources,
 )
-from emotion_build.server import TritonServer
-from emotion_build.server_errors import TritonNotFoundError
-from emotion_build.triton_install import find_tritonserver
 from emotion_build.triton_models.waveform import normalise
 
 

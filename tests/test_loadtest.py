@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 from loadtest import concurrency_levels
 
-from emotion_build.perf import read_perf_csv
-from emotion_build.server import TritonServer
+from emotion_build.server.launcher import TritonServer
+from emotion_build.server.perf_analyzer import read_perf_csv
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 

@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from emotion_build.server_memory import (
+from emotion_build.server.memory import (
     JEMALLOC_CONF,
     STUB_ENVIRONMENT_SCRIPT,
     find_jemalloc,

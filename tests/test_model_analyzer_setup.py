@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 from analyzer.profile_ensemble import SERVER_WRAPPER, _write_clips, check_repository, model_analyzer_config
 
-from emotion_build.description import CLASSIFIER_MODEL, ENSEMBLE_MODEL, PREPROCESS_MODEL
+from emotion_build.repository.description import CLASSIFIER_MODEL, ENSEMBLE_MODEL, PREPROCESS_MODEL
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 

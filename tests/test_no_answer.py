@@ -29,9 +29,9 @@ from repositories import export_repository
 from triton_probes import RUNTIMES, raw_client, tensor
 from tritonclient.utils import InferenceServerException
 
-from emotion_build.served_classifier import serve_form, strip_source_paths
-from emotion_build.server import TritonServer
-from emotion_build.triton_install import find_tritonserver
+from emotion_build.model.served_classifier import serve_form, strip_source_paths
+from emotion_build.server.install import find_tritonserver
+from emotion_build.server.launcher import TritonServer
 from emotion_build.triton_models.waveform import normalise
 from emotion_client import AsyncEmotionClient, EmotionClient, NoAnswerError
 

@@ -13,13 +13,13 @@ import torch
 from repositories import export_cpu_repository
 from test_end_to_end import eager_probabilities, in_label_order
 
-from emotion_build import openvino_export
-from emotion_build.description import BatchingSettings, Provenance
-from emotion_build.export import describe, export
-from emotion_build.families import FAMILY_NAMES, FamilyName
-from emotion_build.loading import LoadedModel, random_model
-from emotion_build.precision import choose_precision
-from emotion_build.server import TritonServer
+from emotion_build.export import openvino_ir as openvino_export
+from emotion_build.export.pipeline import describe, export
+from emotion_build.export.precision import choose_precision
+from emotion_build.model.families import FAMILY_NAMES, FamilyName
+from emotion_build.model.loading import LoadedModel, random_model
+from emotion_build.repository.description import BatchingSettings, Provenance
+from emotion_build.server.launcher import TritonServer
 from emotion_build.triton_models.openvino_engine import OpenVinoEngine
 from emotion_client import EmotionClient
 

@@ -9,9 +9,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from emotion_build.description import AUDIO_INPUT
-from emotion_build.perf import perf_analyzer_command, perf_analyzer_env
-from emotion_build.server import TritonServer
+from emotion_build.repository.description import AUDIO_INPUT
+from emotion_build.server.launcher import TritonServer
+from emotion_build.server.perf_analyzer import perf_analyzer_command, perf_analyzer_env
 from emotion_client.perf_data import write_perf_data
 
 
@@ -34,7 +34,7 @@ def test_short_perf_analyzer_run_against_the_ensemble(triton: TritonServer, tmp_
 
 
 def test_perf_analyzer_csv_is_read_in_milliseconds() -> None:
-    from emotion_build.perf import read_perf_csv
+    from emotion_build.server.perf_analyzer import read_perf_csv
 
     text = (
         "Concurrency,Inferences/Second,Client Send,Network+Server Send/Recv,Server Queue,Server Compute Input,"

@@ -16,8 +16,8 @@ import pytest
 import soundfile
 import tritonclient.grpc as grpcclient
 
-from emotion_build.perf import perf_analyzer_command, perf_analyzer_env
-from emotion_build.server import TritonServer
+from emotion_build.server.launcher import TritonServer
+from emotion_build.server.perf_analyzer import perf_analyzer_command, perf_analyzer_env
 from emotion_client import InvalidAudioError, ModelInfo
 from emotion_client.cli import main
 from emotion_client.codec import prepare_audio

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from emotion_build.precision import GATE_LIMITS, GateReport, choose_precision, run_gate
+from emotion_build.export.precision import GATE_LIMITS, GateReport, choose_precision, run_gate
 from emotion_build.triton_models.cpu_features import cpu_flags, emulation_warning, native_bf16_flags
 from emotion_build.triton_models.waveform import FloatArray
 

@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 from certificates import Pki, make_pki
 
-from emotion_build.server import TritonServer
+from emotion_build.server.launcher import TritonServer
 from emotion_client import _defaults as defaults
 
 REPO_ROOT = Path(__file__).resolve().parents[1]

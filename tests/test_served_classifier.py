@@ -10,9 +10,9 @@ import numpy as np
 import pytest
 import torch
 
-from emotion_build.export import conv_form_for, trace
-from emotion_build.loading import random_model
-from emotion_build.served_classifier import strip_source_paths
+from emotion_build.export.tracing import conv_form_for, trace
+from emotion_build.model.loading import random_model
+from emotion_build.model.served_classifier import strip_source_paths
 
 SAMPLE_RATE = 16000
 MAX_SAMPLES = 2 * SAMPLE_RATE

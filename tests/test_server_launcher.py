@@ -28,13 +28,14 @@ import numpy as np
 import pytest
 import tritonclient.grpc as grpcclient
 
-from emotion_build import endpoints, triton_install
-from emotion_build import server as server_module
 from emotion_build.cli import main as cli_main
-from emotion_build.endpoints import Endpoints, free_port
-from emotion_build.server import TritonServer
-from emotion_build.server_errors import ServerStartError, StubEnvironmentError, TritonNotFoundError
-from emotion_build.triton_install import PYTRITON_REQUIREMENT, TritonInstall, find_tritonserver
+from emotion_build.server import endpoints
+from emotion_build.server import install as triton_install
+from emotion_build.server import launcher as server_module
+from emotion_build.server.endpoints import Endpoints, free_port
+from emotion_build.server.errors import ServerStartError, StubEnvironmentError, TritonNotFoundError
+from emotion_build.server.install import PYTRITON_REQUIREMENT, TritonInstall, find_tritonserver
+from emotion_build.server.launcher import TritonServer
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 BROKEN_TEXT = "deliberately broken by test_server_launcher"
@@ -307,7 +308,7 @@ def _serve_process(
     code = textwrap.dedent("""\
         import sys
         from pathlib import Path
-        from emotion_build.serve import serve
+        from emotion_build.server.serve import serve
         grpc, http, metrics = map(int, sys.argv[2:5])
         sys.exit(serve(Path(sys.argv[1]), grpc_port=grpc, http_port=http, metrics_port=metrics))
     """)
@@ -389,8 +390,8 @@ def test_server_dies_with_its_parent(identity_repository: Path, install: TritonI
     code = textwrap.dedent(f"""\
         import sys, time
         from pathlib import Path
-        from emotion_build.server import TritonServer
-        from emotion_build.triton_install import find_tritonserver
+        from emotion_build.server.launcher import TritonServer
+        from emotion_build.server.install import find_tritonserver
         server = TritonServer(Path({str(identity_repository)!r}),
                               install=find_tritonserver(cache_dir=Path({str(install.backends_dir.parents[1])!r})))
         server.start()

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from emotion_build.server_log import start_failure
+from emotion_build.server.log import start_failure
 
 
 def test_errors_come_first_even_when_the_tail_has_lost_them() -> None:

@@ -10,8 +10,8 @@ import pytest
 from serving_overhead import ROLES, constant_repository, cpu_by_role, install_for, role_of
 from triton_probes import RUNTIMES, classifier_runtime, clip, infer, model_counts
 
-from emotion_build.description import BatchingSettings
-from emotion_build.server import TritonServer
+from emotion_build.repository.description import BatchingSettings
+from emotion_build.server.launcher import TritonServer
 
 
 def test_processes_are_told_apart_by_the_model_their_stub_runs() -> None:

@@ -26,7 +26,7 @@ from repositories import export_cpu_repository
 from triton_probes import tensor
 from tritonclient.utils import InferenceServerException
 
-from emotion_build.server import TritonServer
+from emotion_build.server.launcher import TritonServer
 from emotion_client import (
     AsyncEmotionClient,
     EmotionClient,

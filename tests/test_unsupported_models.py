@@ -18,10 +18,10 @@ from transformers import (
     Wav2Vec2Model,
 )
 
-from emotion_build.description import BatchingSettings
-from emotion_build.export import ExportError, describe, export
-from emotion_build.families import FAMILIES, UnsupportedModelError
-from emotion_build.loading import load_pretrained, random_model
+from emotion_build.export.pipeline import ExportError, describe, export
+from emotion_build.model.families import FAMILIES, UnsupportedModelError
+from emotion_build.model.loading import load_pretrained, random_model
+from emotion_build.repository.description import BatchingSettings
 
 TINY: dict[str, Any] = {
     "hidden_size": 32,

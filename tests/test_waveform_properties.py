@@ -17,7 +17,12 @@ from hypothesis import example, given, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
-from emotion_build.description import MAX_ABS_AMPLITUDE, ModelDescription, ensemble_parameters, receptive_field
+from emotion_build.model.geometry import receptive_field
+from emotion_build.repository.description import (
+    MAX_ABS_AMPLITUDE,
+    ModelDescription,
+    ensemble_parameters,
+)
 from emotion_build.triton_models.waveform import WaveformError, WaveformLimits, normalise, validate
 
 LIMITS = WaveformLimits(sample_rate=16000, min_samples=40, max_samples=400, max_abs_amplitude=MAX_ABS_AMPLITUDE)

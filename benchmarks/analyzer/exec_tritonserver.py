@@ -2,7 +2,7 @@
 
 Model Analyzer launches `--triton-server-path` with its own flags and measures that process, so
 this execs the binary (no Python parent left behind) with the backend directory, stub and library
-path of emotion_build.triton_install, which are the one source of how the wheel's server runs.
+path of emotion_build.server.install, which are the one source of how the wheel's server runs.
 """
 
 from __future__ import annotations
@@ -10,7 +10,7 @@ from __future__ import annotations
 import os
 import sys
 
-from emotion_build.triton_install import find_tritonserver, server_environment
+from emotion_build.server.install import find_tritonserver, server_environment
 
 
 def main(argv: list[str]) -> None:

@@ -26,8 +26,8 @@ from typing import Any
 from google.protobuf import json_format, text_format
 from tritonclient.grpc import model_config_pb2 as mc
 
-from emotion_build.description import CLASSIFIER_MODEL, ENSEMBLE_MODEL, PREPROCESS_MODEL
-from emotion_build.endpoints import free_ports
+from emotion_build.repository.description import CLASSIFIER_MODEL, ENSEMBLE_MODEL, PREPROCESS_MODEL
+from emotion_build.server.endpoints import free_ports
 from emotion_client.codec import parse_model_info
 from emotion_client.perf_data import collect_audio_files, load_perf_clips, write_perf_data
 

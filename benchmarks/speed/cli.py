@@ -12,7 +12,7 @@ from pathlib import Path
 import torch
 from interleaved import MIN_PAIRS
 
-from emotion_build.families import FAMILY_NAMES
+from emotion_build.model.families import FAMILY_NAMES
 
 from .plot import plot
 from .progress import log

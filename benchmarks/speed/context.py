@@ -15,8 +15,8 @@ from pathlib import Path
 
 import torch
 
-from emotion_build.description import BatchingSettings, Provenance, Target
-from emotion_build.triton_install import find_tritonserver
+from emotion_build.repository.description import BatchingSettings, Provenance, Target
+from emotion_build.server.install import find_tritonserver
 
 from .results import Point, RunContext
 from .workloads import Workload

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import torch
 
-from emotion_build.description import Provenance
+from emotion_build.repository.description import Provenance
 from emotion_build.triton_models.openvino_engine import IR_FILE
 from emotion_build.triton_models.ragged import concatenate
 from emotion_build.triton_models.waveform import FloatArray, normalise
@@ -41,7 +41,7 @@ def load_served(repository: Path, device: str, *, threads: int | None = None) ->
     on `threads` (None: all; TorchScript takes its threads from torch_threads instead)."""
     provenance = Provenance.from_json((repository / "classifier" / "1" / "export.json").read_text())
     if provenance.engine == "openvino":
-        from emotion_build.openvino_export import EngineModule
+        from emotion_build.export.openvino_ir import EngineModule
 
         precision = {"float32": "fp32", "bfloat16": "bf16", "int8+bfloat16": "int8"}[provenance.dtype]
         return EngineModule(repository / "classifier" / "1" / IR_FILE, precision, threads=threads or 0)  # type: ignore[arg-type]

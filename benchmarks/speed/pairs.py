@@ -9,7 +9,7 @@ from pathlib import Path
 
 from interleaved import PairedLatency, c1_pairs
 
-from emotion_build.description import BatchingSettings
+from emotion_build.repository.description import BatchingSettings
 from emotion_build.triton_models.waveform import FloatArray
 
 from .hf import HFProcess

@@ -23,7 +23,7 @@ import numpy as np
 import numpy.typing as npt
 import torch
 
-from emotion_build.int8_products import ENCODER_LINEARS
+from emotion_build.model.int8_products import ENCODER_LINEARS
 from emotion_build.triton_models.waveform import FloatArray, normalise
 
 from .progress import log

@@ -8,8 +8,8 @@ import re
 import subprocess
 from pathlib import Path
 
-from emotion_build.description import AUDIO_INPUT, ENSEMBLE_MODEL
-from emotion_build.perf import PerfRow, perf_analyzer_command, perf_analyzer_env, read_perf_csv
+from emotion_build.repository.description import AUDIO_INPUT, ENSEMBLE_MODEL
+from emotion_build.server.perf_analyzer import PerfRow, perf_analyzer_command, perf_analyzer_env, read_perf_csv
 from emotion_client.perf_data import write_perf_data
 
 from .accounting import children_cpu_s, group_cpu_s

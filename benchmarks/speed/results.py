@@ -11,7 +11,7 @@ import json
 
 from interleaved import PairedLatency
 
-from emotion_build.description import BatchingSettings
+from emotion_build.repository.description import BatchingSettings
 
 from .arithmetic import Arithmetic
 

@@ -16,12 +16,13 @@ import torch
 from interleaved import PairedLatency
 from tritonclient.utils import InferenceServerException
 
-from emotion_build.description import BatchingSettings, Provenance, Target
-from emotion_build.export import calibration_speech, describe, export
-from emotion_build.loading import LoadedModel, load_pretrained, random_model
-from emotion_build.precision import GATE_CLIPS, GATE_LIMITS, PROVENANCE_NAMES
-from emotion_build.server_errors import ServerError
-from emotion_build.speech import synthesise
+from emotion_build.export.calibration import calibration_speech
+from emotion_build.export.pipeline import describe, export
+from emotion_build.export.precision import GATE_CLIPS, GATE_LIMITS, PROVENANCE_NAMES
+from emotion_build.export.speech import synthesise
+from emotion_build.model.loading import LoadedModel, load_pretrained, random_model
+from emotion_build.repository.description import BatchingSettings, Provenance, Target
+from emotion_build.server.errors import ServerError
 from emotion_build.triton_models.heap import keep_freed_memory
 from emotion_build.triton_models.waveform import normalise
 

@@ -11,8 +11,8 @@ from pathlib import Path
 
 import numpy as np
 
-from emotion_build.configs import all_configs, render
-from emotion_build.description import (
+from emotion_build.repository.configs import all_configs, render
+from emotion_build.repository.description import (
     AUDIO_INPUT,
     CLASSIFIER_MODEL,
     ENSEMBLE_MODEL,
@@ -21,7 +21,7 @@ from emotion_build.description import (
     ModelDescription,
     Provenance,
 )
-from emotion_build.server import TritonServer
+from emotion_build.server.launcher import TritonServer
 from emotion_build.triton_models.waveform import FloatArray
 
 from .perf_analyzer import perf_analyzer_point

@@ -7,7 +7,7 @@ import math
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-from emotion_build.description import BatchingSettings
+from emotion_build.repository.description import BatchingSettings
 
 from .progress import log
 from .results import TuneResult

@@ -6,27 +6,27 @@ import argparse
 import sys
 from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING
 
-if TYPE_CHECKING:
-    from .description import BatchingSettings
-    from .security import GrpcTLS, TokenAuth
+from .export.speech import SpeechUnavailableError, read_speech
+from .model.names import DEFAULT_MODEL, FAMILY_NAMES, UNTRAINED_BANNER
+from .repository.description import TARGETS, BatchingSettings, ModelDescription, StreamSettings
+from .server.errors import HOW_TO_BUILD, ServerError
+from .server.install import find_tritonserver
+from .server.libtorch_backend import (
+    ARCHIVE_NAME,
+    GITHUB,
+    BackendBuildError,
+    build_backend,
+    check_backend,
+    default_backends_dir,
+)
+from .server.security import API_GROUPS, DEFAULT_PROTECTED_APIS, DEFAULT_TOKEN_HEADER, GrpcTLS, TokenAuth, read_token
+from .server.serve import serve
 
 __all__ = ["main"]
 
-UNTRAINED_BANNER = """\
-################################################################################
-#  UNTRAINED MODEL: random weights stand in for {source}.
-#  Served labels are real, the scores are noise. Use --model with real weights.
-################################################################################"""
-
 
 def _parser() -> argparse.ArgumentParser:
-    from .description import TARGETS, BatchingSettings, ModelDescription, StreamSettings
-    from .families import FAMILY_NAMES
-    from .libtorch_backend import ARCHIVE_NAME, GITHUB, default_backends_dir
-    from .loading import DEFAULT_MODEL
-    from .security import API_GROUPS, DEFAULT_PROTECTED_APIS, DEFAULT_TOKEN_HEADER
 
     defaults = ModelDescription(labels=("_",))
     batching = BatchingSettings()
@@ -253,7 +253,6 @@ def _parser() -> argparse.ArgumentParser:
 
 def _batching(args: argparse.Namespace) -> BatchingSettings:
     """The export flags over the target's defaults: a flag left out takes the target's value."""
-    from .description import BatchingSettings
 
     defaults = BatchingSettings.for_target(args.target)
     if args.classifier_on_cpu and args.target == "cpu":
@@ -274,10 +273,9 @@ def _batching(args: argparse.Namespace) -> BatchingSettings:
 
 
 def _export(args: argparse.Namespace) -> int:
-    from .description import StreamSettings
-    from .export import ExportError, describe, export
-    from .loading import ModelUnavailableError, load_pretrained, random_model
-    from .speech import SpeechUnavailableError, read_speech
+    # Only here: torch and transformers load for an export, not for `serve` or `build-backend`.
+    from .export.pipeline import ExportError, describe, export
+    from .model.loading import ModelUnavailableError, load_pretrained, random_model
 
     try:
         batching = _batching(args)  # a bad flag fails before minutes of loading and tracing
@@ -327,7 +325,6 @@ def _export(args: argparse.Namespace) -> int:
 
 def _security(args: argparse.Namespace) -> tuple[GrpcTLS | None, TokenAuth | None]:
     """The serve flags as typed settings; ValueError says which flag is wrong."""
-    from .security import GrpcTLS, TokenAuth, read_token
 
     tls = None
     if args.grpc_tls_cert is not None or args.grpc_tls_key is not None:
@@ -346,7 +343,6 @@ def _security(args: argparse.Namespace) -> tuple[GrpcTLS | None, TokenAuth | Non
 def _backends_dir(args: argparse.Namespace) -> Path | None:
     """--backends-dir, or for a repository whose classifier needs libtorch, the backend `build-backend`
     left in this environment; ValueError says how to get one."""
-    from .libtorch_backend import HOW_TO_BUILD, BackendBuildError, check_backend, default_backends_dir
 
     classifier_config = args.model_repository / "classifier" / "config.pbtxt"
     needs_libtorch = classifier_config.is_file() and "pytorch_libtorch" in classifier_config.read_text()
@@ -369,9 +365,6 @@ def _backends_dir(args: argparse.Namespace) -> Path | None:
 
 
 def _serve(args: argparse.Namespace) -> int:
-    from .serve import serve
-    from .server_errors import ServerError
-    from .triton_install import find_tritonserver
 
     if not (args.model_repository / "emotion" / "config.pbtxt").is_file():
         print(
@@ -406,8 +399,6 @@ def _serve(args: argparse.Namespace) -> int:
 
 
 def _build_backend(args: argparse.Namespace) -> int:
-    from .libtorch_backend import BackendBuildError, build_backend
-    from .server_errors import ServerError
 
     def say(message: str) -> None:
         print(message, file=sys.stderr, flush=True)
@@ -427,7 +418,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command == "build-backend":
         return _build_backend(args)
     if args.command == "demo":
-        from .demo import run_demo
+        from .demo import run_demo  # torch and transformers, as for an export
 
         return run_demo(args.model_repository, args.samples, model=args.model, rebuild=args.rebuild)
     return _serve(args)

@@ -10,8 +10,12 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-from .description import CLASSIFIER_MODEL, PROVENANCE_FILE, Provenance
-from .loading import DEFAULT_MODEL, LoadedModel, ModelUnavailableError, load_pretrained, random_model
+from .export.pipeline import describe, export
+from .model.loading import DEFAULT_MODEL, LoadedModel, ModelUnavailableError, load_pretrained, random_model
+from .model.names import UNTRAINED_BANNER
+from .repository.description import CLASSIFIER_MODEL, PROVENANCE_FILE, BatchingSettings, Provenance
+from .server.errors import ServerError
+from .server.launcher import TritonServer
 
 __all__ = ["run_demo"]
 
@@ -40,13 +44,7 @@ def _existing(repository: Path) -> Provenance | None:
 
 
 def run_demo(repository: Path, samples: Path, *, model: str = DEFAULT_MODEL, rebuild: bool = False) -> int:
-    from emotion_client import EmotionClient, EmotionClientError
-
-    from .cli import UNTRAINED_BANNER
-    from .description import BatchingSettings
-    from .export import describe, export
-    from .server import TritonServer
-    from .server_errors import ServerError
+    from emotion_client import EmotionClient, EmotionClientError  # the [demo] extra: the build needs no client
 
     files = sorted(p for p in samples.iterdir() if p.suffix.lower() in AUDIO_SUFFIXES) if samples.is_dir() else []
     if not files:

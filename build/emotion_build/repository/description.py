@@ -36,7 +36,6 @@ __all__ = [
     "Provenance",
     "StreamSettings",
     "Target",
-    "receptive_field",
 ]
 
 Target = Literal["gpu", "cpu", "gpu-python"]
@@ -310,17 +309,6 @@ class ModelDescription:
         if sorted(by_index) != list(range(len(by_index))):
             raise ValueError(f"id2label must cover indices 0..n-1, got {sorted(by_index)}")
         return tuple(by_index[i] for i in range(len(by_index)))
-
-
-def receptive_field(kernels: Sequence[int], strides: Sequence[int]) -> int:
-    """Input samples behind one output frame of a stack of 1-D convolutions (no padding, no dilation)."""
-    if len(kernels) != len(strides) or not kernels:
-        raise ValueError(f"need one stride per kernel, got kernels {list(kernels)} and strides {list(strides)}")
-    field, jump = 1, 1
-    for kernel, stride in zip(kernels, strides, strict=True):
-        field += (kernel - 1) * jump
-        jump *= stride
-    return field
 
 
 def ensemble_parameters(description: ModelDescription) -> dict[str, str]:

@@ -17,7 +17,7 @@ import numpy as np
 import soundfile
 import soxr
 
-from .triton_models.waveform import FloatArray
+from ..triton_models.waveform import FloatArray
 
 __all__ = [
     "AUDIO_SUFFIXES",

@@ -201,8 +201,8 @@ def render(config: dict[str, Any]) -> str:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """`python -m emotion_build.edge REPOSITORY OUTPUT`: write the Envoy config of an exported repository."""
-    parser = argparse.ArgumentParser(prog="python -m emotion_build.edge", description=main.__doc__)
+    """`python -m emotion_build.repository.edge REPOSITORY OUTPUT`: write the Envoy config of an exported repository."""
+    parser = argparse.ArgumentParser(prog="python -m emotion_build.repository.edge", description=main.__doc__)
     parser.add_argument("repository", type=Path, help="an exported model repository")
     parser.add_argument("output", type=Path, help="where to write the Envoy config (envoy.yaml)")
     args = parser.parse_args(argv)

@@ -21,13 +21,13 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from .batched_classifier import RaggedEmotionClassifier
-from .families import family_of
-from .int8_products import ENCODER_LINEARS
-from .loading import LoadedModel
+from ..model.batched_classifier import RaggedEmotionClassifier
+from ..model.families import family_of
+from ..model.int8_products import ENCODER_LINEARS
+from ..model.loading import LoadedModel
+from ..triton_models.openvino_engine import IR_FILE, OpenVinoEngine
+from ..triton_models.waveform import FloatArray
 from .precision import Precision
-from .triton_models.openvino_engine import IR_FILE, OpenVinoEngine
-from .triton_models.waveform import FloatArray
 
 __all__ = ["EngineModule", "OpenVinoUnavailableError", "PaddedClassifier", "convert", "openvino_available"]
 

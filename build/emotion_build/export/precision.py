@@ -19,10 +19,10 @@ from typing import Literal
 import numpy as np
 import torch
 
-from .description import Target
-from .triton_models.cpu_features import native_bf16_flags, native_int8_flags
-from .triton_models.ragged import concatenate
-from .triton_models.waveform import FloatArray
+from ..repository.description import Target
+from ..triton_models.cpu_features import native_bf16_flags, native_int8_flags
+from ..triton_models.ragged import concatenate
+from ..triton_models.waveform import FloatArray
 
 __all__ = [
     "ENGINES",

@@ -26,12 +26,12 @@ from types import TracebackType
 from typing import IO, TYPE_CHECKING
 
 from .endpoints import HTTP_PROBE_TIMEOUT_S, NO_PROXY_OPENER, Endpoints, answers_200, connect_host, free_ports
+from .errors import ServerStartError
+from .install import TritonInstall, find_tritonserver, server_environment
+from .log import start_failure, temporary_log
+from .memory import GRPC_MEMORY_ARGS, find_jemalloc, memory_environment, stub_environment_file
+from .processes import StubProcess, python_stubs, remove_shared_memory, sweep_process_group
 from .security import GrpcTLS, TokenAuth
-from .server_errors import ServerStartError
-from .server_log import start_failure, temporary_log
-from .server_memory import GRPC_MEMORY_ARGS, find_jemalloc, memory_environment, stub_environment_file
-from .server_processes import StubProcess, python_stubs, remove_shared_memory, sweep_process_group
-from .triton_install import TritonInstall, find_tritonserver, server_environment
 
 if TYPE_CHECKING:
     from typing import Self

@@ -24,9 +24,9 @@ from typing import Any, ClassVar
 import torch
 from torch import Tensor, nn
 
+from ..triton_models.cpu_features import int8_layers
+from ..triton_models.waveform import FloatArray
 from .families import backbone, family_of
-from .triton_models.cpu_features import int8_layers
-from .triton_models.waveform import FloatArray
 
 __all__ = [
     "ENCODER_LINEARS",

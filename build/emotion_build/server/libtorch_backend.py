@@ -28,12 +28,14 @@ import tempfile
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
+from .errors import HOW_TO_BUILD
+from .install import find_tritonserver
+
 __all__ = [
     "ARCHIVE_NAME",
     "BACKEND",
     "DEBIAN_PACKAGES",
     "GITHUB",
-    "HOW_TO_BUILD",
     "RELEASE",
     "SOURCE_COMMITS",
     "BackendBuild",
@@ -62,7 +64,6 @@ LIBRARY = f"libtriton_{BACKEND}.so"
 BUILD_INFO = "emotion-build.json"
 """Written beside the library: what it was built from and against, read back by `check_backend`."""
 DEBIAN_PACKAGES = ("cmake", "ninja-build", "g++", "rapidjson-dev", "googletest", "patchelf", "python3-dev")
-HOW_TO_BUILD = "`make libtorch-backend` (in a checkout) or `python -m emotion_build build-backend`"
 _TOOLS = {"cmake": "cmake", "ninja": "ninja-build", "g++": "g++", "patchelf": "patchelf"}
 _TORCH_LIBRARIES = ("libtorch.so", "libtorch_cpu.so", "libc10.so", "libtorch_global_deps.so")
 _CLONE_TIMEOUT_S = 600.0
@@ -93,7 +94,7 @@ def default_backends_dir() -> Path:
 def check_backend(backends_dir: Path) -> BackendBuild:
     """The build recorded in `backends_dir/pytorch`; BackendBuildError when it is missing or was built
     against another torch than this environment's (its libraries would no longer match)."""
-    import torch
+    import torch  # only here: `serve` and the server's other modules stay free of torch
 
     library = backends_dir / BACKEND / LIBRARY
     info = backends_dir / BACKEND / BUILD_INFO
@@ -154,7 +155,7 @@ def build_backend(
 ) -> Path:
     """Build the backend against this environment's torch into `output/pytorch`, replacing what is there
     only once the new one is complete. Returns `output`."""
-    import torch
+    import torch  # only here: `serve` and the server's other modules stay free of torch
 
     missing = sorted({package for tool, package in _TOOLS.items() if shutil.which(tool) is None})
     if missing:
@@ -239,7 +240,6 @@ def _openmp_library(torch_cpu: Path) -> str:
 
 def _wheel_core_library() -> str:
     """The name the pip wheel gave libtritonserver.so, as its own Python backend links it."""
-    from .triton_install import find_tritonserver
 
     python_backend = find_tritonserver().backends_dir / "python" / "libtriton_python.so"
     needed = _run(["patchelf", "--print-needed", str(python_backend)], what="patchelf").stdout.split()

@@ -16,7 +16,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from .description import ENSEMBLE_MODEL
+from ..repository.description import ENSEMBLE_MODEL
 
 __all__ = ["PerfRow", "perf_analyzer_command", "perf_analyzer_env", "read_perf_csv"]
 

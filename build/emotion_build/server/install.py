@@ -25,8 +25,7 @@ import time
 from collections.abc import Mapping
 from pathlib import Path
 
-from .libtorch_backend import HOW_TO_BUILD
-from .server_errors import ServerError, StubEnvironmentError, TritonNotFoundError
+from .errors import HOW_TO_BUILD, ServerError, StubEnvironmentError, TritonNotFoundError
 
 __all__ = ["PYTRITON_REQUIREMENT", "STUB_NAME", "TritonInstall", "find_tritonserver", "server_environment"]
 

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
-__all__ = ["ServerError", "ServerStartError", "StubEnvironmentError", "TritonNotFoundError"]
+__all__ = ["HOW_TO_BUILD", "ServerError", "ServerStartError", "StubEnvironmentError", "TritonNotFoundError"]
+
+HOW_TO_BUILD = "`make libtorch-backend` (in a checkout) or `python -m emotion_build build-backend`"
+"""How to get Triton's libtorch backend, in every message that finds it missing or stale."""
 
 
 class ServerError(RuntimeError):

@@ -25,6 +25,8 @@ from transformers import (
     WavLMForSequenceClassification,
 )
 
+from .names import FAMILY_NAMES, FamilyName
+
 __all__ = [
     "FAMILIES",
     "FAMILY_NAMES",
@@ -45,8 +47,6 @@ AudioClassifier: TypeAlias = (
     | WavLMForSequenceClassification
     | Data2VecAudioForSequenceClassification
 )
-FamilyName = Literal["wav2vec2", "hubert", "wavlm", "data2vec-audio"]
-FAMILY_NAMES: tuple[FamilyName, ...] = ("wav2vec2", "hubert", "wavlm", "data2vec-audio")
 Layout = Literal["base", "stable"]
 """base: group-norm first conv layer, layer norm before the transformer (wav2vec2/HuBERT/WavLM base).
 stable: layer-norm conv layers and pre-norm transformer layers (`do_stable_layer_norm`, the large / XLSR models)."""

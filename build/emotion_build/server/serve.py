@@ -9,13 +9,13 @@ from collections.abc import Sequence
 from pathlib import Path
 from types import FrameType
 
-from .description import CLASSIFIER_MODEL, PROVENANCE_FILE, Provenance
+from ..repository.description import CLASSIFIER_MODEL, PROVENANCE_FILE, Provenance
+from ..triton_models.cpu_features import cpu_flags, emulation_warning
 from .endpoints import Endpoints
+from .errors import ServerStartError
+from .install import TritonInstall
+from .launcher import TritonServer, in_main_thread
 from .security import GrpcTLS, TokenAuth
-from .server import TritonServer, in_main_thread
-from .server_errors import ServerStartError
-from .triton_install import TritonInstall
-from .triton_models.cpu_features import cpu_flags, emulation_warning
 
 __all__ = ["STUB_DIED_STATUS", "serve"]
 

@@ -17,11 +17,13 @@ from typing import Any, Literal
 import torch
 from transformers import AutoConfig, AutoModelForAudioClassification, Wav2Vec2FeatureExtractor
 
-from .families import AudioClassifier, FamilyName, UnsupportedModelError, check_supported, random_config
+from .families import AudioClassifier, UnsupportedModelError, check_supported, random_config
+from .names import DEFAULT_MODEL, UNTRAINED_BANNER, FamilyName
 
 __all__ = [
     "DEFAULT_MODEL",
     "SUPERB_LABELS",
+    "UNTRAINED_BANNER",
     "LoadedModel",
     "ModelUnavailableError",
     "RandomSize",
@@ -30,9 +32,9 @@ __all__ = [
     "random_model",
 ]
 
-DEFAULT_MODEL = "superb/wav2vec2-base-superb-er"
 SUPERB_LABELS = ("neu", "hap", "ang", "sad")
 """Only used to give random-weight stand-ins the real model's label set; served labels are read from id2label."""
+
 
 RandomSize = Literal["tiny", "base", "large"]
 

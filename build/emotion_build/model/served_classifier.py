@@ -32,7 +32,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from .description import receptive_field
+from .geometry import receptive_field
 
 __all__ = ["UNLIMITED_SAMPLES", "ServedClassifier", "serve_form", "strip_source_paths"]
 

@@ -15,7 +15,7 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
-from .triton_install import STUB_NAME
+from .install import STUB_NAME
 
 __all__ = ["StubProcess", "process_group_members", "python_stubs", "remove_shared_memory", "sweep_process_group"]
 
