@@ -18,7 +18,8 @@ from pathlib import Path
 
 from emotion_build.server.perf_analyzer import PerfRow, perf_analyzer_command, perf_analyzer_env, read_perf_csv
 from emotion_client import EmotionClient
-from emotion_client.perf_data import collect_audio_files, load_perf_clips, write_perf_data
+from emotion_client.audio import collect_audio_files
+from emotion_client.perf_data import load_perf_clips, write_perf_data
 
 __all__ = ["concurrency_levels", "main", "plot_loadtest"]
 

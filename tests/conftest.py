@@ -20,6 +20,8 @@ from emotion_build.server.install import find_tritonserver
 from emotion_build.server.launcher import TritonServer
 from emotion_client import EmotionClient
 
+pytest_plugins = ["deploy_files"]
+
 REPO_ROOT = Path(__file__).resolve().parents[1]
 SOAK_SECONDS_ENV = "EMOTION_SOAK_SECONDS"
 

@@ -31,8 +31,8 @@ from emotion_client import (
 )
 from emotion_client import _defaults as defaults
 from emotion_client._base import BatchCollector, ClientCore, validate_concurrency
-from emotion_client._progress import ProgressBar
-from emotion_client.cli import format_table
+from emotion_client.cli.output import format_table
+from emotion_client.cli.progress import ProgressBar
 from emotion_client.connection import channel_args, normalize_headers, parse_urls, tls_client_kwargs
 from emotion_client.errors import from_triton_error, is_ambiguous_unavailable
 from emotion_client.retry import backoff_delay_s, is_retryable, should_retry

@@ -17,8 +17,7 @@ from typing import Any
 
 import pytest
 import yaml
-from repositories import export_cpu_repository
-from test_deploy import (
+from deploy_files import (
     COMPOSE,
     DOCKERFILE,
     REPO_ROOT,
@@ -31,6 +30,7 @@ from test_deploy import (
     the_container,
     yaml_documents,
 )
+from repositories import export_cpu_repository
 
 from emotion_build.cli import _parser
 from emotion_build.repository.edge import (

@@ -19,9 +19,10 @@ import tritonclient.grpc as grpcclient
 from emotion_build.server.launcher import TritonServer
 from emotion_build.server.perf_analyzer import perf_analyzer_command, perf_analyzer_env
 from emotion_client import InvalidAudioError, ModelInfo
+from emotion_client.audio import collect_audio_files
 from emotion_client.cli import main
 from emotion_client.codec import prepare_audio
-from emotion_client.perf_data import collect_audio_files, load_perf_clips, perf_input_data
+from emotion_client.perf_data import load_perf_clips, perf_input_data
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 INFO = ModelInfo(
@@ -96,8 +97,12 @@ def test_refusals_name_the_problem(tmp_path: Path) -> None:
     (tmp_path / "empty").mkdir()
     with pytest.raises(ValueError, match="no audio files under"):
         collect_audio_files([tmp_path / "empty"])
-    with pytest.raises(ValueError, match="no such file or folder"):
-        collect_audio_files([tmp_path / "missing.wav"])
+    missing = tmp_path / "missing.wav"  # kept, as classify keeps it: reading it names it
+    assert collect_audio_files([missing]) == [missing]
+    with pytest.raises(InvalidAudioError, match=r"not found: '.*missing\.wav'"):
+        load_perf_clips([missing], INFO)
+    with pytest.raises(ValueError, match="pass --recursive"):
+        collect_audio_files([tmp_path / "empty"], folders=False)
     broken = tmp_path / "broken.wav"
     broken.write_bytes(b"RIFF not really a wav file")
     with pytest.raises(InvalidAudioError, match=r"cannot read audio file '.*broken\.wav'"):

@@ -28,8 +28,9 @@ from tritonclient.grpc import model_config_pb2 as mc
 
 from emotion_build.repository.description import CLASSIFIER_MODEL, ENSEMBLE_MODEL, PREPROCESS_MODEL
 from emotion_build.server.endpoints import free_ports
+from emotion_client.audio import collect_audio_files
 from emotion_client.codec import parse_model_info
-from emotion_client.perf_data import collect_audio_files, load_perf_clips, write_perf_data
+from emotion_client.perf_data import load_perf_clips, write_perf_data
 
 __all__ = ["check_repository", "main", "model_analyzer_config"]
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import os
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, TypeAlias
 
@@ -24,6 +25,7 @@ __all__ = [
     "check_channels",
     "check_sample_rate",
     "chunk_to_float32",
+    "collect_audio_files",
     "find_audio_files",
     "load_audio",
 ]
@@ -70,6 +72,32 @@ def load_audio(
         _LOGGER.debug("resampling %s from %d Hz to %d Hz", what, rate, target_rate)
         mono = np.asarray(soxr.resample(mono, rate, target_rate, quality="HQ"), dtype=np.float32)
     return mono
+
+
+def collect_audio_files(paths: Sequence[Path], *, folders: bool = True) -> list[Path]:
+    """The audio files the command line names: files as named, folders (where `folders`) as the audio
+    files anywhere under them, sorted. The one collector of every command (classify, evaluate's
+    manifests aside, perf-data).
+
+    A named file that does not exist is kept: reading it fails with an error naming it, in the place
+    that reports per-file failures. ValueError, with what to do, for a folder when `folders` is off,
+    a folder without audio (almost surely the wrong folder), or nothing at all."""
+    files: list[Path] = []
+    for path in paths:
+        if not path.is_dir():
+            files.append(path)
+            continue
+        if not folders:
+            raise ValueError(f"'{path}' is a directory; pass --recursive to take the audio files in it")
+        found = find_audio_files(path)
+        if not found:
+            raise ValueError(
+                f"no audio files under '{path}' (endings: {', '.join(sorted(AUDIO_FILE_SUFFIXES))})"
+            )
+        files.extend(found)
+    if not files:
+        raise ValueError("no audio files given")
+    return files
 
 
 def find_audio_files(folder: Path) -> list[Path]:

@@ -19,14 +19,13 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from .audio import find_audio_files, load_audio
+from .audio import load_audio
 from .codec import validate_duration
 from .errors import InvalidAudioError
 from .results import ModelInfo
 
 __all__ = [
     "PerfClip",
-    "collect_audio_files",
     "load_perf_clips",
     "perf_input_data",
     "perf_stream_data",
@@ -45,27 +44,6 @@ class PerfClip:
     @property
     def duration_s(self) -> float:
         return float(self.samples.shape[0]) / self.sample_rate
-
-
-def collect_audio_files(paths: Sequence[Path]) -> list[Path]:
-    """Files as named, folders as the audio files under them (sorted, so the data is reproducible).
-
-    Raises ValueError for a path that does not exist or a folder without audio: both are mistakes in
-    the command line, and a data file with fewer clips than intended would go unnoticed."""
-    files: list[Path] = []
-    for path in paths:
-        if path.is_dir():
-            found = find_audio_files(path)
-            if not found:
-                raise ValueError(f"no audio files under '{path}'")
-            files.extend(found)
-        elif path.exists():
-            files.append(path)
-        else:
-            raise ValueError(f"no such file or folder: '{path}'")
-    if not files:
-        raise ValueError("no audio files given")
-    return files
 
 
 def load_perf_clips(

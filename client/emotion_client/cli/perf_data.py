@@ -10,8 +10,9 @@ import argparse
 import json
 from pathlib import Path
 
-from .client import EmotionClient
-from .perf_data import collect_audio_files, load_perf_clips, perf_stream_data, write_perf_data
+from ..audio import collect_audio_files
+from ..client import EmotionClient
+from ..perf_data import load_perf_clips, perf_stream_data, write_perf_data
 
 __all__ = ["add_perf_data_parser", "run_perf_data"]
 

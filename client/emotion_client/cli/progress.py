@@ -6,7 +6,7 @@ import time
 from collections.abc import Callable
 from typing import TextIO
 
-from .results import BatchProgress
+from ..results import BatchProgress
 
 __all__ = ["ProgressBar"]
 

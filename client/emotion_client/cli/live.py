@@ -23,10 +23,10 @@ import numpy as np
 import numpy.typing as npt
 import soundfile  # type: ignore[import-untyped, unused-ignore]
 
-from ._defaults import DEFAULT_HOP_S, DEFAULT_SAMPLE_RATE, DEFAULT_WINDOW_S
-from .client import EmotionClient
-from .errors import InvalidAudioError
-from .results import StreamUpdate
+from .._defaults import DEFAULT_HOP_S, DEFAULT_SAMPLE_RATE, DEFAULT_WINDOW_S
+from ..client import EmotionClient
+from ..errors import InvalidAudioError
+from ..results import StreamUpdate
 
 __all__ = ["add_live_parser", "pcm_chunks", "run_live"]
 
