@@ -1,5 +1,5 @@
 """The pieces that give back what an oversized request used, without a server: the launcher's
-environment (server_memory.py) and the stubs' page release (triton_models/shm_pages.py)."""
+environment (emotion_build.server.memory) and the stubs' page release (triton_models/shm_pages.py)."""
 
 from __future__ import annotations
 

@@ -5,7 +5,7 @@ stub needs.
 The wheel's binary cannot run from site-packages as is: its Python backend needs a stub built for
 the running interpreter inside a writable `backends/` tree, its shared libraries sit in
 `nvidia_pytriton.libs`, and the stub finds the venv's packages only through `PATH`. This module
-does that preparation once per user (server.py launches the result).
+does that preparation once per user (launcher.py launches the result).
 """
 
 from __future__ import annotations

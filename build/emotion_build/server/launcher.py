@@ -2,9 +2,9 @@
 group, wait for real readiness, stop it, and guarantee that neither the server nor its stubs
 outlive us.
 
-What it runs comes from triton_install.py (the wheel's binary, prepared backends, environment),
-what watches its processes from server_processes.py, where it answers from endpoints.py, what
-its log says when it fails to start from server_log.py.
+What it runs comes from install.py (the wheel's binary, prepared backends, environment),
+what watches its processes from processes.py, where it answers from endpoints.py, what
+its log says when it fails to start from log.py.
 """
 
 from __future__ import annotations
@@ -92,7 +92,7 @@ class TritonServer:
         `tls` makes gRPC TLS-only; `auth` requires its header on every protected API of gRPC and
         HTTP (our own readiness probes send it). `http_host` binds HTTP and metrics elsewhere than
         `host`; both have no TLS in Triton, so keep them on loopback when gRPC is exposed with TLS.
-        `memory_bounds` (server_memory.py) gives back what a request used once it is answered;
+        `memory_bounds` (memory.py) gives back what a request used once it is answered;
         False launches Triton's defaults, for measuring what they keep."""
         if log_file is not None and log_to_stderr:
             raise ValueError("log_file and log_to_stderr are exclusive: the output goes to one place")
