@@ -88,8 +88,9 @@ def test_ensemble_carries_labels_and_sdk_parameters() -> None:
 
 def test_exported_repository_configs_parse_and_labels_match(tiny_repository: Path) -> None:
     configs = {p.parent.name: parse(p.read_text()) for p in tiny_repository.glob("*/config.pbtxt")}
-    assert set(configs) == {"emotion", "preprocess", "classifier"}
+    assert set(configs) == {"emotion", "preprocess", "classifier", "stream"}
     assert configs["classifier"].backend == "python"
+    assert configs["stream"].model_transaction_policy.decoupled
     labels = (tiny_repository / "emotion" / "labels.txt").read_text().splitlines()
     assert labels == list(LABELS)
     assert (tiny_repository / "classifier" / "1" / "model.pt").stat().st_size > 0

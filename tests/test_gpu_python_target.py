@@ -190,9 +190,9 @@ def test_a_jit_parameter_that_is_not_a_boolean_fails_the_load_by_name(
 def test_serve_refuses_a_libtorch_repository_without_a_libtorch_backend_with_the_ways_out(
     tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    import emotion_build.server.libtorch_backend
+    import emotion_build.cli
 
-    monkeypatch.setattr(emotion_build.server.libtorch_backend, "default_backends_dir", lambda: tmp_path / "no-backends")
+    monkeypatch.setattr(emotion_build.cli, "default_backends_dir", lambda: tmp_path / "no-backends")
     for name, config in all_configs(ModelDescription(labels=LABELS), "gpu").items():
         (tmp_path / name).mkdir()
         (tmp_path / name / "config.pbtxt").write_text(render(config))

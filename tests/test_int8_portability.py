@@ -135,8 +135,8 @@ def test_onednn_s_isa_cap_takes_away_the_instructions_it_forbids(tmp_path: Path)
 
 @pytest.fixture(scope="module")
 def base_int8_repository(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """The full-size architecture, random weights with a confident head, int8 as a VNNI machine exports it
-    (about two minutes on two cores: GPTQ on 16 clips, the gate on 40)."""
+    """The full-size architecture, random weights with a confident head, TorchScript's int8 as a VNNI
+    machine exports it (about two minutes on two cores: GPTQ on 16 clips, the gate on 40)."""
     output = tmp_path_factory.mktemp("base-int8") / "model_repository"
     subprocess.run(
         [
@@ -152,6 +152,8 @@ def base_int8_repository(tmp_path_factory: pytest.TempPathFactory) -> Path:
             "cpu",
             "--dtype",
             "int8",
+            "--engine",
+            "torchscript",
             "--classifier-instances",
             "1",
             "--intra-op-threads",

@@ -236,7 +236,7 @@ def live_streams(server: TritonServer) -> float:
 @pytest.fixture(scope="module")
 def roomy(tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[TritonServer]:
     output = tmp_path_factory.mktemp("roomy") / "model_repository"
-    options = ("--max-streams", "256", "--stream-idle-timeout-s", "2", *TEST_BATCHING)
+    options = ("--max-streams", "256", "--stream-idle-timeout-s", "5", *TEST_BATCHING)
     with TritonServer(export_cpu_repository(tiny_model_dir, output, *options)) as server:
         yield server
 
@@ -253,9 +253,25 @@ def test_200_abandoned_streams_are_forgotten_and_their_memory_given_back(
         list(client.stream([speech[: 2 * RATE]], RATE, window_s=1.0, hop_s=1.0))
     pids = processes(roomy)
     before = total({name: resident(pid) for name, pid in pids.items()}).pss_kib / 1024
-    for index in range(200):  # each sends half a second and vanishes without END
-        _, error = raw_stream(url, speech[: RATE // 2], sequence_id=10_000 + index)
-        assert error is None
+    # Each sends half a second and vanishes without END; all on one gRPC stream, so that the 200
+    # are in before the first is idle past the timeout.
+    answers: list[tuple[Any, Any]] = []
+    client = grpcclient.InferenceServerClient(url)
+    client.start_stream(callback=lambda result, error: answers.append((result, error)))
+    for index in range(200):
+        client.async_stream_infer(
+            "stream",
+            [tensor(speech[None, : RATE // 2], name="chunk")],
+            sequence_id=10_000 + index,
+            sequence_start=True,
+            enable_empty_final_response=True,
+        )
+    deadline = time.monotonic() + 30
+    while len(answers) < 200 and time.monotonic() < deadline:
+        time.sleep(0.01)
+    client.stop_stream()
+    client.close()
+    assert len(answers) == 200 and all(error is None for _, error in answers)
     assert live_streams(roomy) == 200
     deadline = time.monotonic() + 30
     while live_streams(roomy) > 0 and time.monotonic() < deadline:

@@ -122,7 +122,7 @@ class TritonPythonModel:
         async with stream.lock:
             stream.last_seen = time.monotonic()
             samples = pb_utils.get_input_tensor_by_name(request, self.chunk_input).as_numpy().reshape(1, -1)
-            due = stream.windows.push(validate(samples, self.limits)[0] if samples.size else samples[0])
+            due = stream.windows.push(validate(samples, self.limits) if samples.size else samples[0])
             if end:
                 last = stream.windows.finish()
                 due += [last] if last is not None else []
