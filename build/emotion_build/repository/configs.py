@@ -133,7 +133,10 @@ def classifier_config(description: ModelDescription, target: Target) -> mc.Model
         config.backend = "python"
         config.instance_group.add(kind=kind, count=batching.classifier_instances)
         # The runner checks each clip on its own too: the classifier is reachable without the ensemble,
-        # and one clip too short for the conv stack would otherwise fail everyone in its batch.
+        # and one clip too short for the conv stack would otherwise fail everyone in its batch. The
+        # preprocess's amplitude limit holds for its output as well (a normalised clip of n samples
+        # peaks below sqrt(n), 693 at 30 s), and whether a clip far past it overflows inside the model
+        # would otherwise depend on the precision (int8's per-frame scales compute 3e38 samples).
         _parameters(
             config,
             {
@@ -141,6 +144,7 @@ def classifier_config(description: ModelDescription, target: Target) -> mc.Model
                 "sample_rate": str(description.sample_rate),
                 "min_samples": str(description.min_samples),
                 "max_samples": str(description.max_samples),
+                "max_abs_amplitude": repr(description.max_abs_amplitude),
                 "weights_dtype": description.weights_dtype,
                 "engine": description.engine,
             },

@@ -78,6 +78,7 @@ class TritonPythonModel:
             sample_rate=int(parameters["sample_rate"]),
             min_samples=int(parameters["min_samples"]),
             max_samples=int(parameters["max_samples"]),
+            max_abs_amplitude=float(parameters["max_abs_amplitude"]) if "max_abs_amplitude" in parameters else None,
         )
         self.input_name = config["input"][0]["name"]
         self.output_names = [output["name"] for output in config["output"]]
