@@ -160,7 +160,8 @@ def stubs(served: TritonServer) -> Iterator[tuple[StubProcess, ...]]:
     live-audio model) have stubs."""
     before = served.python_stubs()
     runner = classifier_runtime(served.endpoints.grpc_url) == "python"
-    assert {stub.model for stub in before} == ({"preprocess", "classifier", "stream"} if runner else {"preprocess", "stream"})
+    expected = {"preprocess", "classifier", "stream"} if runner else {"preprocess", "stream"}
+    assert {stub.model for stub in before} == expected
     yield before
     assert served.python_stubs() == before
 
