@@ -57,6 +57,7 @@ serve: setup
 # measurement window DURATION_MS long, stable within STABILITY % on the average latency (PERCENTILE=99: on p99);
 # prints perf_analyzer's report, writes LOADTEST_DIR/perf.csv and loadtest.png.
 URL ?= localhost:8001
+MODEL_NAME ?= emotion
 CONCURRENCY ?= 1:8:1
 DURATION_MS ?= 5000
 SAMPLES ?= samples
@@ -68,7 +69,7 @@ LOADTEST_DIR ?= loadtest
 loadtest: setup  ## perf_analyzer's concurrency sweep on real speech against a running server (docs/loadtest.md)
 	$(BIN)/python benchmarks/loadtest.py --url $(URL) --concurrency $(CONCURRENCY) --duration-ms $(DURATION_MS) \
 		--samples $(SAMPLES) --stability $(STABILITY) --max-trials $(MAX_TRIALS) --percentile $(PERCENTILE) \
-		--output $(LOADTEST_DIR)
+		--output $(LOADTEST_DIR) --model $(MODEL_NAME)
 
 # make loadtest-live: perf_analyzer's sequence mode against the live-stream model: each of SAMPLES' files one
 # stream in CHUNK_S chunks over gRPC streaming, CONCURRENCY concurrent streams (docs/loadtest.md).
@@ -77,9 +78,12 @@ LIVE_CONCURRENCY ?= 1:8:1
 
 loadtest-live: setup  ## perf_analyzer on live streams (sequences of chunks) against a running server
 	mkdir -p $(LOADTEST_DIR)
-	$(BIN)/emotion-client perf-data $(SAMPLES) --stream --chunk-s $(CHUNK_S) -o $(LOADTEST_DIR)/streams.json --url $(URL)
+	$(BIN)/emotion-client perf-data $(SAMPLES) --stream --chunk-s $(CHUNK_S) -o $(LOADTEST_DIR)/streams.json \
+		--url $(URL) --model $(MODEL_NAME)
+	stream=$$($(BIN)/emotion-client labels --json --url $(URL) --model $(MODEL_NAME) \
+		| $(BIN)/python -c 'import json, sys; print(json.load(sys.stdin)["stream_model"] or "stream")') && \
 	LD_LIBRARY_PATH=$$($(BIN)/python -c 'import nvidia.cuda_runtime as c; print(c.__path__[0])')/lib \
-		$(BIN)/perf_analyzer -m stream -i grpc -u $(URL) --streaming --input-data $(LOADTEST_DIR)/streams.json \
+		$(BIN)/perf_analyzer -m $$stream -i grpc -u $(URL) --streaming --input-data $(LOADTEST_DIR)/streams.json \
 		--concurrency-range $(LIVE_CONCURRENCY) --measurement-interval $(DURATION_MS) -f $(LOADTEST_DIR)/streams.csv
 
 # make model-analyzer: NVIDIA's Model Analyzer, in its own venv, on REPOSITORY (a cpu export with
@@ -94,7 +98,7 @@ $(MA_VENV)/bin/.installed: benchmarks/analyzer/requirements.txt
 
 model-analyzer: setup $(MA_VENV)/bin/.installed  ## Model Analyzer's quick search of instance counts and batch sizes, ensemble profiled (docs/loadtest.md)
 	$(BIN)/python benchmarks/analyzer/profile_ensemble.py --model-analyzer $(MA_VENV)/bin/model-analyzer \
-		--repository $(REPOSITORY) --samples $(SAMPLES) --output $(MA_DIR) $(MA_ARGS)
+		--repository $(REPOSITORY) --model $(MODEL_NAME) --samples $(SAMPLES) --output $(MA_DIR) $(MA_ARGS)
 
 bench: setup  ## HF pipeline vs in-process TorchScript vs served ensemble -> docs/benchmarks.md + .png (~30 min)
 	$(BIN)/python benchmarks/throughput.py $(BENCH_ARGS)

@@ -39,7 +39,7 @@ def concurrency_levels(text: str) -> list[int]:
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     args.output.mkdir(parents=True, exist_ok=True)
-    with EmotionClient(args.url) as client:
+    with EmotionClient(args.url, model_name=args.model) as client:
         info = client.model_info()
     clips = load_perf_clips(collect_audio_files(args.samples), info, args.lengths_s)
     data = write_perf_data(args.output / "clips.json", [clip.samples for clip in clips], info.audio_input)
@@ -51,6 +51,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         input_data=data,
         concurrency=args.concurrency,
         measurement_interval_ms=args.duration_ms,
+        model=args.model,
         extra_args=[
             *(["--percentile", str(args.percentile)] if args.percentile > 0 else []),
             "--stability-percentage",
@@ -120,6 +121,7 @@ def plot_loadtest(rows: Sequence[PerfRow], mean_s: float, path: Path, *, title: 
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--url", default="localhost:8001", help="the server's gRPC HOST:PORT (default: %(default)s)")
+    parser.add_argument("--model", default="emotion", help="the model to load (default: %(default)s)")
     parser.add_argument(
         "--concurrency", type=concurrency_levels, default="1:8:1", help="START:END[:STEP] (default: %(default)s)"
     )

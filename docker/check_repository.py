@@ -23,10 +23,14 @@ from emotion_build.repository.description import (
     ENSEMBLE_MODEL,
     LABELS_FILE,
     MODEL_FILE,
+    PREPROCESS_MODEL,
     PROVENANCE_FILE,
+    STREAM_MODEL,
+    ModelNames,
     Provenance,
     Target,
 )
+from emotion_build.repository.layout import emotion_models
 from emotion_build.repository.writer import MODEL_SOURCES
 
 __all__ = ["RepositoryCheckError", "check_repository", "expected_files", "main", "torch_release"]
@@ -40,15 +44,23 @@ class RepositoryCheckError(RuntimeError):
     """The repository is not fit to go into the image; the message says why and what to do."""
 
 
-def expected_files(target: Target) -> tuple[str, ...]:
-    """Every file `emotion_build.repository.writer.write_repository` writes for `target`, relative, sorted."""
-    files = {
-        f"{ENSEMBLE_MODEL}/{LABELS_FILE}",
-        *(f"{CLASSIFIER_MODEL}/{_VERSION}/{name}" for name in (MODEL_FILE, PROVENANCE_FILE)),
+def expected_files(target: Target, names: ModelNames | None = None) -> tuple[str, ...]:
+    """Every file `emotion_build.repository.writer.write_repository` writes for `target` for one model
+    (the default one unless `names`), relative, sorted."""
+    names = names or ModelNames.of(ENSEMBLE_MODEL)
+    by_role = {
+        PREPROCESS_MODEL: names.preprocess,
+        CLASSIFIER_MODEL: names.classifier,
+        ENSEMBLE_MODEL: names.ensemble,
+        STREAM_MODEL: names.stream,
     }
-    for model, sources in MODEL_SOURCES.items():
-        files.add(f"{model}/{_CONFIG_FILE}")
-        files.update(f"{model}/{_VERSION}/{destination}" for _, destination in sources[target])
+    files = {
+        f"{names.ensemble}/{LABELS_FILE}",
+        *(f"{names.classifier}/{_VERSION}/{name}" for name in (MODEL_FILE, PROVENANCE_FILE)),
+    }
+    for role, sources in MODEL_SOURCES.items():
+        files.add(f"{by_role[role]}/{_CONFIG_FILE}")
+        files.update(f"{by_role[role]}/{_VERSION}/{destination}" for _, destination in sources[target])
     return tuple(sorted(files))
 
 
@@ -61,16 +73,23 @@ def torch_release(version: str) -> str:
 
 
 def check_repository(repository: Path, *, target: Target, expected_torch: str) -> Provenance:
-    """Raise RepositoryCheckError unless `repository` is a complete `target` export by `expected_torch`."""
+    """Raise RepositoryCheckError unless `repository` is a complete `target` export by `expected_torch`,
+    every model in it (the default `emotion` always); the default model's record is returned."""
     if not repository.is_dir():
         raise RepositoryCheckError(f"{repository} is not a directory; did `python -m emotion_build export` run?")
-    missing = [name for name in expected_files(target) if not (repository / name).is_file()]
+    models = {ENSEMBLE_MODEL: ModelNames.of(ENSEMBLE_MODEL), **emotion_models(repository)}
+    provenances = [_check_model(repository, names, target, expected_torch) for names in models.values()]
+    return provenances[0]
+
+
+def _check_model(repository: Path, names: ModelNames, target: Target, expected_torch: str) -> Provenance:
+    missing = [name for name in expected_files(target, names) if not (repository / name).is_file()]
     if missing:
         raise RepositoryCheckError(
             f"{repository} is not a complete --target {target} repository: missing {', '.join(missing)}; "
             "export it again with `python -m emotion_build export --target " + target + "`"
         )
-    provenance_path = repository / CLASSIFIER_MODEL / _VERSION / PROVENANCE_FILE
+    provenance_path = repository / names.classifier / _VERSION / PROVENANCE_FILE
     try:
         provenance = Provenance.from_json(provenance_path.read_text())
     except (ValueError, TypeError) as error:

@@ -251,6 +251,10 @@ def local_torch_release(check_repository: ModuleType) -> str:
     return str(check_repository.torch_release(torch.__version__))
 
 
+SECOND_MODEL = "second"
+"""The name the export stage's MODELS build arg gives a further checkpoint here."""
+
+
 @pytest.fixture(scope="module")
 def export_stage(
     dockerfile: list[Instruction],
@@ -260,17 +264,25 @@ def export_stage(
 ) -> Path:
     """Run the export stage's own RUN line from docker/Dockerfile, as written, on the tiny checkpoint.
 
-    Only what Docker would supply differs: the build args (MODEL is the tiny checkpoint, EXPECTED_TORCH
-    the torch installed here) and the output directory, moved under a temporary directory.
+    Only what Docker would supply differs: the build args (MODEL is the tiny checkpoint, MODELS the same
+    checkpoint again under SECOND_MODEL, EXPECTED_TORCH the torch installed here) and the output
+    directory, moved under a temporary directory.
     """
     (run,) = [i.args for i in stage(dockerfile, "export") if i.keyword == "RUN" and "emotion_build export" in i.args]
     export_dir, _ = copy_from(stage(dockerfile, "serve"), "export")
     output = tmp_path_factory.mktemp("docker-export") / "repository"
     command = re.sub(r"--mount=\S+\s+", "", run)
-    for name, value in {"MODEL": str(tiny_model_dir), "EXPORT_ARGS": "", "EXPECTED_TORCH": local_torch_release}.items():
+    build_args = {
+        "MODEL": str(tiny_model_dir),
+        "MODELS": f"{SECOND_MODEL}={tiny_model_dir}",
+        "EXPORT_ARGS": "",
+        "EXPECTED_TORCH": local_torch_release,
+    }
+    for name, value in build_args.items():
         # Docker substitutes the text, then the shell splits it: quoted stays one word, bare splits.
         command = command.replace(f'"${{{name}}}"', shlex.quote(value)).replace(f"${{{name}}}", value)
-    assert "${" not in command, f"unsubstituted build arg in {command!r}"
+    # What is left is the shell's own: the loop over MODELS' NAME=MODEL pairs.
+    assert not re.search(r"\$\{(?!pair[%#])", command), f"unsubstituted build arg in {command!r}"
     command = re.sub(rf"(?<![\w/]){re.escape(export_dir)}(?![\w/])", str(output), command)
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "PATH": f"{VENV_BIN}{os.pathsep}{os.environ.get('PATH', '')}"}
     result = subprocess.run(["bash", "-c", command], cwd=REPO_ROOT, env=env, capture_output=True, text=True)

@@ -20,10 +20,10 @@ from emotion_client import (
     EmotionClient,
     EmotionClientError,
     InvalidAudioError,
-    ModelNotReadyError,
     RequestTimeoutError,
     RetryPolicy,
     ServerUnavailableError,
+    UnknownModelError,
     codec,
 )
 
@@ -98,7 +98,7 @@ def test_async_errors_are_the_same_typed_errors(url: str) -> None:
     assert type(short) is InvalidAudioError and "min_duration_s" in str(short)
     assert type(timeout) is RequestTimeoutError
     assert isinstance(timeout.__cause__, InferenceServerException)
-    assert type(wrong_model) is ModelNotReadyError
+    assert type(wrong_model) is UnknownModelError and "'no-such-model'" in str(wrong_model)
     assert type(unavailable) is ServerUnavailableError and dead in str(unavailable)
     assert str(ready) == "False"
 

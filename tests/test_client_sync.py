@@ -31,6 +31,7 @@ from emotion_client import (
     RequestTimeoutError,
     RetryPolicy,
     ServerUnavailableError,
+    UnknownModelError,
 )
 from emotion_client.audio import load_audio
 
@@ -159,7 +160,7 @@ def test_retries_off_means_one_attempt(dead_url: str, caplog: pytest.LogCaptureF
 
 def test_wrong_model_names_are_typed(url: str) -> None:
     with EmotionClient(url, model_name="no-such-model") as sdk:
-        with pytest.raises(ModelNotReadyError, match="no-such-model"):
+        with pytest.raises(UnknownModelError, match="no-such-model"):
             sdk.classify(noise(1.0))
         assert sdk.is_ready() is False
     with EmotionClient(url, model_name="classifier") as sdk, pytest.raises(IncompatibleModelError, match="classifier"):

@@ -23,6 +23,7 @@ from deploy_files import (
     DOCKERFILE,
     HEALTH_READY,
     REPO_ROOT,
+    SECOND_MODEL,
     Instruction,
     copy_from,
     global_args,
@@ -36,9 +37,7 @@ from packaging.requirements import Requirement
 from packaging.utils import canonicalize_name
 from packaging.version import Version
 
-from emotion_build.repository.description import (
-    CLASSIFIER_MODEL,
-)
+from emotion_build.repository.description import CLASSIFIER_MODEL, ModelNames
 from emotion_build.repository.writer import MODEL_SOURCES
 
 
@@ -117,7 +116,8 @@ def test_serve_requirements_cover_what_the_python_backend_models_import() -> Non
 
 def test_export_stage_runs_here_and_writes_the_build_layout(export_stage: Path, check_repository: ModuleType) -> None:
     written = sorted(str(p.relative_to(export_stage)) for p in export_stage.rglob("*") if p.is_file())
-    assert written == list(check_repository.expected_files("gpu"))
+    second = check_repository.expected_files("gpu", ModelNames.of(SECOND_MODEL))
+    assert written == sorted([*check_repository.expected_files("gpu"), *second])
 
 
 def test_export_stage_fails_when_the_torch_is_not_the_releases(

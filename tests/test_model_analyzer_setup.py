@@ -36,6 +36,7 @@ def with_preferred_size(repository: Path, size: int) -> None:
 def arguments(repository: Path, output: Path) -> argparse.Namespace:
     return argparse.Namespace(
         repository=repository,
+        model=ENSEMBLE_MODEL,
         samples=[REPO_ROOT / "samples"],
         output=output,
         max_instances=2,

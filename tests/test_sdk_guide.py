@@ -55,6 +55,7 @@ EXPECTED_OUTPUT = {
     "headers=": " True True None",
     "TLSConfig": "",
     "client.embed": "float32 (",
+    "client.models()": "emotion (1,) wav2vec2 ('neu', 'hap', 'ang', 'sad')",
 }
 """A phrase that picks out each block, and something its output must contain."""
 

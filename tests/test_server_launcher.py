@@ -225,7 +225,9 @@ def test_numpy_2_is_refused_before_the_stub_sends_empty_tensors(
     # `serve` says the same in one line instead of a traceback.
     repository = tmp_path / "repository"
     (repository / "emotion").mkdir(parents=True)
-    (repository / "emotion" / "config.pbtxt").write_text('name: "emotion"\n')
+    (repository / "emotion" / "config.pbtxt").write_text(
+        'name: "emotion"\nplatform: "ensemble"\nparameters { key: "labels" value { string_value: "[]" } }\n'
+    )
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
     assert cli_main(["serve", "--model-repository", str(repository)]) == 2
     assert "error: numpy 2.1.3 is installed" in capsys.readouterr().err

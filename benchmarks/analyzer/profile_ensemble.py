@@ -26,7 +26,7 @@ from typing import Any
 from google.protobuf import json_format, text_format
 from tritonclient.grpc import model_config_pb2 as mc
 
-from emotion_build.repository.description import CLASSIFIER_MODEL, ENSEMBLE_MODEL, PREPROCESS_MODEL
+from emotion_build.repository.description import ENSEMBLE_MODEL, ModelNames
 from emotion_build.server.endpoints import free_ports
 from emotion_client.audio import collect_audio_files
 from emotion_client.codec import parse_model_info
@@ -37,14 +37,15 @@ __all__ = ["check_repository", "main", "model_analyzer_config"]
 SERVER_WRAPPER = Path(__file__).resolve().with_name("tritonserver")
 
 
-def check_repository(repository: Path) -> None:
+def check_repository(repository: Path, model: str = ENSEMBLE_MODEL) -> None:
     """Refuse what would make Model Analyzer's search stop at its first step without saying why.
 
     Quick search starts every composing model at max_batch_size 1 and keeps the config's dynamic
     batching; a preferred batch size above 1 then makes that candidate "illegal", which ends the
     search there (it reports only the unchanged config)."""
-    for model in (PREPROCESS_MODEL, CLASSIFIER_MODEL):
-        path = repository / model / "config.pbtxt"
+    names = ModelNames.of(model)
+    for composing in (names.preprocess, names.classifier):
+        path = repository / composing / "config.pbtxt"
         if not path.is_file():
             raise SystemExit(f"{path} is missing: export a cpu repository (--target cpu) to {repository}")
         config = text_format.Parse(path.read_text(), mc.ModelConfig())
@@ -59,6 +60,7 @@ def check_repository(repository: Path) -> None:
 def model_analyzer_config(args: argparse.Namespace, clips: Path, ports: tuple[int, ...]) -> dict[str, Any]:
     """The profile config: the ensemble under load from `clips`, both composing models on the CPU."""
     output = args.output.resolve()
+    names = ModelNames.of(args.model)
     http, grpc, metrics = ports
     return {
         "model_repository": str(args.repository.resolve()),
@@ -77,9 +79,9 @@ def model_analyzer_config(args: argparse.Namespace, clips: Path, ports: tuple[in
         "run_config_search_max_instance_count": args.max_instances,
         "run_config_search_max_model_batch_size": args.max_batch_size,
         "run_config_search_max_concurrency": args.max_concurrency,
-        "cpu_only_composing_models": [PREPROCESS_MODEL, CLASSIFIER_MODEL],
+        "cpu_only_composing_models": [names.preprocess, names.classifier],
         "profile_models": {
-            ENSEMBLE_MODEL: {
+            names.ensemble: {
                 "perf_analyzer_flags": {"input-data": str(clips), "stability-percentage": args.stability},
                 "constraints": {"perf_latency_p99": {"max": args.latency_budget_ms}},
             }
@@ -89,7 +91,7 @@ def model_analyzer_config(args: argparse.Namespace, clips: Path, ports: tuple[in
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
-    check_repository(args.repository)
+    check_repository(args.repository, args.model)
     analyzer = args.model_analyzer.resolve()
     if not analyzer.is_file():
         raise SystemExit(f"{analyzer} not found: make model-analyzer installs it into its own venv (.venv-ma)")
@@ -112,9 +114,9 @@ def main(argv: list[str] | None = None) -> int:
 def _write_clips(args: argparse.Namespace) -> Path:
     """The ensemble's request data, read with the SDK's audio code and checked against the limits its
     config states (the server is not up yet: Model Analyzer starts it)."""
-    text = (args.repository / ENSEMBLE_MODEL / "config.pbtxt").read_text()
+    text = (args.repository / args.model / "config.pbtxt").read_text()
     config = json_format.MessageToDict(text_format.Parse(text, mc.ModelConfig()), preserving_proto_field_name=True)
-    info = parse_model_info(config, model_name=ENSEMBLE_MODEL)
+    info = parse_model_info(config, model_name=args.model)
     clips = load_perf_clips(collect_audio_files(args.samples), info)
     return write_perf_data(args.output / "clips.json", [clip.samples for clip in clips], info.audio_input)
 
@@ -123,6 +125,7 @@ def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model-analyzer", type=Path, default=Path(".venv-ma/bin/model-analyzer"))
     parser.add_argument("--repository", type=Path, default=Path("model_repository"), help="a cpu export")
+    parser.add_argument("--model", default=ENSEMBLE_MODEL, help="the model to profile (default: %(default)s)")
     parser.add_argument("--samples", type=Path, nargs="+", default=[Path("samples")], help="audio files or folders")
     parser.add_argument("--output", type=Path, default=Path("model-analyzer"), help="config, logs and reports")
     parser.add_argument("--max-instances", type=int, default=2, help="instances per composing model (default: 2)")

@@ -1,4 +1,4 @@
-"""`python -m emotion_build export|serve|demo`."""
+"""`python -m emotion_build export|serve|pin|build-backend|demo`."""
 
 from __future__ import annotations
 
@@ -9,7 +9,16 @@ from pathlib import Path
 
 from .export.speech import SpeechUnavailableError, read_speech
 from .model.names import DEFAULT_MODEL, FAMILY_NAMES, UNTRAINED_BANNER
-from .repository.description import TARGETS, BatchingSettings, ModelDescription, StreamSettings
+from .repository.description import (
+    ENSEMBLE_MODEL,
+    TARGETS,
+    BatchingSettings,
+    ModelDescription,
+    ModelNames,
+    StreamSettings,
+)
+from .repository.layout import VersionRequest, destination_version, emotion_models, read_config
+from .repository.writer import pin_version
 from .server.errors import HOW_TO_BUILD, ServerError
 from .server.install import find_tritonserver
 from .server.libtorch_backend import (
@@ -40,6 +49,20 @@ def _parser() -> argparse.ArgumentParser:
     )
     export.add_argument("--model", default=DEFAULT_MODEL, help="Hugging Face model id or local directory")
     export.add_argument("--output", type=Path, default=Path("model_repository"), help="repository directory")
+    export.add_argument(
+        "--name",
+        default=ENSEMBLE_MODEL,
+        help="the name clients call the model by; other models in --output stay as they are, and a name that "
+        "would overwrite another model's is refused (docs/serving.md, 'Several models')",
+    )
+    export.add_argument(
+        "--version",
+        type=_version_request,
+        default=None,
+        metavar="N|next",
+        help="write version N (or the next number) of --name beside its others; Triton serves the newest, "
+        "`pin` goes back. Without it the model of that name is replaced whole, as version 1",
+    )
     export.add_argument(
         "--target",
         choices=TARGETS,
@@ -226,6 +249,23 @@ def _parser() -> argparse.ArgumentParser:
         default=",".join(DEFAULT_PROTECTED_APIS),
         help=f"comma-separated API groups that need the token, of: {', '.join(API_GROUPS)}",
     )
+    serve.add_argument(
+        "--model-control",
+        choices=("none", "explicit"),
+        default="none",
+        help="explicit: models load and unload on request (`emotion-client load`), which is how a new version "
+        "is rolled out under traffic (docs/serving.md); every model in the repository loads at start either way",
+    )
+    pin = commands.add_parser(
+        "pin",
+        help="serve one version of a model alone, or the newest again (then `emotion-client load NAME`)",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    pin.add_argument("--model-repository", type=Path, default=Path("model_repository"))
+    pin.add_argument("--name", default=ENSEMBLE_MODEL, help="the model")
+    pin.add_argument(
+        "version", type=_pin_request, metavar="N|latest", help="the version to serve, or latest: the newest"
+    )
     backend = commands.add_parser(
         "build-backend",
         help="build Triton's libtorch backend (r24.10) against this environment's torch, for serve --backends-dir",
@@ -249,6 +289,22 @@ def _parser() -> argparse.ArgumentParser:
     demo.add_argument("--samples", type=Path, default=Path("samples"), help="directory of audio files")
     demo.add_argument("--rebuild", action="store_true", help="export again even if the repository exists")
     return parser
+
+
+def _version_request(text: str) -> VersionRequest:
+    if text == "next":
+        return "next"
+    if not text.isdigit() or int(text) < 1:
+        raise argparse.ArgumentTypeError(f"must be a positive integer or 'next', got {text!r}")
+    return int(text)
+
+
+def _pin_request(text: str) -> int | None:
+    if text == "latest":
+        return None
+    if not text.isdigit() or int(text) < 1:
+        raise argparse.ArgumentTypeError(f"must be a positive integer or 'latest', got {text!r}")
+    return int(text)
 
 
 def _batching(args: argparse.Namespace) -> BatchingSettings:
@@ -278,7 +334,8 @@ def _export(args: argparse.Namespace) -> int:
     from .model.loading import ModelUnavailableError, load_pretrained, random_model
 
     try:
-        batching = _batching(args)  # a bad flag fails before minutes of loading and tracing
+        batching = _batching(args)  # a bad flag or a clash fails before minutes of loading and tracing
+        destination_version(args.output.resolve(), ModelNames.of(args.name), args.version)
         loaded = (
             random_model(args.random_init, seed=args.seed, family=args.family)
             if args.random_init
@@ -293,6 +350,7 @@ def _export(args: argparse.Namespace) -> int:
             max_duration_s=args.max_duration_s,
             max_abs_amplitude=args.max_abs_amplitude,
             stream=StreamSettings(max_streams=args.max_streams, idle_timeout_s=args.stream_idle_timeout_s),
+            name=args.name,
         )
         gate_speech = None
         if args.gate_audio is not None:
@@ -311,14 +369,30 @@ def _export(args: argparse.Namespace) -> int:
             dtype=args.dtype,
             gate_speech=gate_speech,
             engine="torchscript" if args.target != "cpu" and args.engine == "auto" else args.engine,
+            version=args.version,
         )
     except (ModelUnavailableError, ExportError, SpeechUnavailableError, ValueError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
     untrained = " (UNTRAINED)" if result.provenance.untrained else ""
     print(
-        f"wrote {result.repository} for {args.target}: labels {', '.join(result.description.labels)}, "
-        f"{result.provenance.dtype} weights on {result.provenance.engine}{untrained}"
+        f"wrote model '{result.description.name}' version {result.version} to {result.repository} for "
+        f"{args.target}: labels {', '.join(result.description.labels)}, {result.provenance.dtype} weights on "
+        f"{result.provenance.engine}{untrained}"
+    )
+    return 0
+
+
+def _pin(args: argparse.Namespace) -> int:
+    try:
+        version = pin_version(args.model_repository, args.name, args.version)
+    except (OSError, ValueError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    which = "alone" if args.version is not None else "(the newest)"
+    print(
+        f"model '{args.name}' now serves version {version} {which}; with --model-control explicit, "
+        f"`emotion-client --model {args.name} load` makes the server read it (else its next restart)"
     )
     return 0
 
@@ -344,8 +418,10 @@ def _backends_dir(args: argparse.Namespace) -> Path | None:
     """--backends-dir, or for a repository whose classifier needs libtorch, the backend `build-backend`
     left in this environment; ValueError says how to get one."""
 
-    classifier_config = args.model_repository / "classifier" / "config.pbtxt"
-    needs_libtorch = classifier_config.is_file() and "pytorch_libtorch" in classifier_config.read_text()
+    needs_libtorch = False
+    for names in emotion_models(args.model_repository).values():
+        config = read_config(args.model_repository / names.classifier)
+        needs_libtorch |= config is not None and config.platform == "pytorch_libtorch"
     chosen: Path | None = args.backends_dir
     if chosen is None and needs_libtorch:
         chosen = default_backends_dir()
@@ -366,7 +442,7 @@ def _backends_dir(args: argparse.Namespace) -> Path | None:
 
 def _serve(args: argparse.Namespace) -> int:
 
-    if not (args.model_repository / "emotion" / "config.pbtxt").is_file():
+    if not emotion_models(args.model_repository):
         print(
             f"error: {args.model_repository} holds no exported repository; run "
             "`python -m emotion_build export --target cpu` first",
@@ -392,6 +468,7 @@ def _serve(args: argparse.Namespace) -> int:
             auth=auth,
             http_host=args.http_host,
             install=install,
+            extra_args=["--model-control-mode=explicit", "--load-model=*"] if args.model_control == "explicit" else (),
         )
     except ServerError as error:  # not installed, or an environment the stub cannot use
         print(f"error: {error}", file=sys.stderr)
@@ -417,6 +494,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _export(args)
     if args.command == "build-backend":
         return _build_backend(args)
+    if args.command == "pin":
+        return _pin(args)
     if args.command == "demo":
         from .demo import run_demo  # torch and transformers, as for an export
 

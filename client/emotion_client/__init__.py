@@ -13,6 +13,7 @@ from .errors import (
     EmotionClientError,
     IncompatibleModelError,
     InvalidAudioError,
+    ModelControlError,
     ModelNotReadyError,
     NoAnswerError,
     RequestTimeoutError,
@@ -24,6 +25,7 @@ from .errors import (
     StreamRefusedError,
     TLSError,
     TransportError,
+    UnknownModelError,
 )
 from .evaluation import ClassMetrics, EvaluationReport
 from .results import (
@@ -34,6 +36,7 @@ from .results import (
     LabelScore,
     ModelInfo,
     ProgressCallback,
+    ServedModel,
     StreamUpdate,
 )
 from .retry import RetryPolicy
@@ -53,6 +56,7 @@ __all__ = [
     "IncompatibleModelError",
     "InvalidAudioError",
     "LabelScore",
+    "ModelControlError",
     "ModelInfo",
     "ModelNotReadyError",
     "NoAnswerError",
@@ -60,6 +64,7 @@ __all__ = [
     "RequestTimeoutError",
     "RetryPolicy",
     "Segment",
+    "ServedModel",
     "ServerBusyError",
     "ServerError",
     "ServerUnavailableError",
@@ -72,4 +77,5 @@ __all__ = [
     "Timeline",
     "TrackPoint",
     "TransportError",
+    "UnknownModelError",
 ]

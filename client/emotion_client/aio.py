@@ -37,10 +37,18 @@ from ._defaults import (
 )
 from .audio import AudioSource
 from .connection import TLSConfig
-from .errors import EmotionClientError
-from .results import BatchItem, Classification, EndpointHealth, ModelInfo, ProgressCallback, StreamUpdate
+from .errors import EmotionClientError, ModelNotReadyError
+from .results import (
+    BatchItem,
+    Classification,
+    EndpointHealth,
+    ModelInfo,
+    ProgressCallback,
+    ServedModel,
+    StreamUpdate,
+)
 from .retry import RetryPolicy
-from .streaming import STREAM_MODEL, StreamInfo, StreamSession, stream_error
+from .streaming import StreamInfo, StreamSession, stream_error
 from .timeline import Timeline
 
 __all__ = ["AsyncEmotionClient"]
@@ -123,16 +131,26 @@ class AsyncEmotionClient:
         async with self._info_lock:
             if self._info is None:
                 core = self._core
-                config = await self._call(
-                    lambda triton, deadline_s: triton.get_model_config(
+                try:
+                    config = await self._call(
+                        lambda triton, deadline_s: triton.get_model_config(
+                            core.model_name,
+                            model_version=core.model_version,
+                            headers=core.headers,
+                            as_json=True,
+                            client_timeout=deadline_s,
+                        ),
+                        timeout_s=timeout_s,
+                    )
+                except ModelNotReadyError as error:
+                    index = await self._index(timeout_s)
+                    unknown = codec.unknown_model(
                         core.model_name,
-                        model_version=core.model_version,
-                        headers=core.headers,
-                        as_json=True,
-                        client_timeout=deadline_s,
-                    ),
-                    timeout_s=timeout_s,
-                )
+                        core.model_version,
+                        await self._served_models(index, timeout_s),
+                        indexed=codec.indexed_names(index),
+                    )
+                    raise (unknown or error) from error
                 self._info = codec.parse_model_info(config, model_name=core.model_name)
                 _LOGGER.debug("loaded %s", self._info)
             return self._info
@@ -297,15 +315,61 @@ class AsyncEmotionClient:
             responses.cancel()
 
     async def stream_info(self) -> StreamInfo:
-        """The server's live-stream model; as ``EmotionClient.stream_info``."""
+        """The model's live-stream twin; as ``EmotionClient.stream_info``."""
+        name = codec.stream_model_name(await self.model_info())
+        return StreamInfo.from_config(await self._config(name, None), model_name=name)
+
+    async def models(self, *, timeout_s: float | None = None) -> tuple[ServedModel, ...]:
+        """Every emotion model the server holds ready; as ``EmotionClient.models``."""
+        return await self._served_models(await self._index(timeout_s), timeout_s)
+
+    async def _index(self, timeout_s: float | None) -> Any:
         core = self._core
-        config = await self._call(
-            lambda triton, deadline_s: triton.get_model_config(
-                STREAM_MODEL, headers=core.headers, as_json=True, client_timeout=deadline_s
+        return await self._call(
+            lambda triton, deadline_s: triton.get_model_repository_index(
+                headers=core.headers, as_json=True, client_timeout=deadline_s
             ),
-            timeout_s=None,
+            timeout_s=timeout_s,
         )
-        return StreamInfo.from_config(config, model_name=STREAM_MODEL)
+
+    async def _served_models(self, index: Any, timeout_s: float | None) -> tuple[ServedModel, ...]:
+        ready = codec.ready_versions(index).items()
+        found = [codec.served_model(name, vs, await self._config(name, timeout_s)) for name, vs in ready]
+        return tuple(model for model in found if model is not None)
+
+    async def _config(self, name: str, timeout_s: float | None) -> Any:
+        core = self._core
+        return await self._call(
+            lambda triton, deadline_s: triton.get_model_config(
+                name, headers=core.headers, as_json=True, client_timeout=deadline_s
+            ),
+            timeout_s=timeout_s,
+        )
+
+    async def load_model(self, *, timeout_s: float | None = 600.0) -> None:
+        """Serve this model as its repository now says; as ``EmotionClient.load_model``."""
+        await self._control("load", timeout_s)
+
+    async def unload_model(self, *, timeout_s: float | None = 600.0) -> None:
+        """Stop serving this model and its stream twin; as ``EmotionClient.unload_model``."""
+        await self._control("unload", timeout_s)
+
+    async def _control(self, action: codec.ControlAction, timeout_s: float | None) -> None:
+        stream = (await self.model_info()).stream_model if action == "unload" else None
+        await self._control_one(action, self._core.model_name, timeout_s)
+        stream = stream if action == "unload" else (await self.model_info()).stream_model
+        if stream is not None:
+            await self._control_one(action, stream, timeout_s)
+
+    async def _control_one(self, action: codec.ControlAction, name: str, timeout_s: float | None) -> None:
+        core = self._core
+        self._open_channels()
+        for endpoint, triton in enumerate(self._tritons):
+            try:
+                await codec.send_control(triton, action, name, core.headers, core.deadline_s(timeout_s))
+            except InferenceServerException as e:
+                raise codec.control_error(action, name, core.map_error(e, endpoint, server_live=True)) from e
+        self._info = None
 
     async def classify_many(
         self,

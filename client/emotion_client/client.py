@@ -36,10 +36,18 @@ from ._defaults import (
 )
 from .audio import AudioSource
 from .connection import TLSConfig
-from .errors import EmotionClientError
-from .results import BatchItem, Classification, EndpointHealth, ModelInfo, ProgressCallback, StreamUpdate
+from .errors import EmotionClientError, ModelNotReadyError
+from .results import (
+    BatchItem,
+    Classification,
+    EndpointHealth,
+    ModelInfo,
+    ProgressCallback,
+    ServedModel,
+    StreamUpdate,
+)
 from .retry import RetryPolicy
-from .streaming import STREAM_MODEL, StreamInfo, StreamSession, stream_error
+from .streaming import StreamInfo, StreamSession, stream_error
 from .timeline import Timeline
 
 __all__ = ["EmotionClient"]
@@ -138,16 +146,26 @@ class EmotionClient:
         with self._info_lock:
             if self._info is None:
                 core = self._core
-                config = self._call(
-                    lambda triton, deadline_s: triton.get_model_config(
+                try:
+                    config = self._call(
+                        lambda triton, deadline_s: triton.get_model_config(
+                            core.model_name,
+                            model_version=core.model_version,
+                            headers=core.headers,
+                            as_json=True,
+                            client_timeout=deadline_s,
+                        ),
+                        timeout_s=timeout_s,
+                    )
+                except ModelNotReadyError as error:
+                    index = self._index(timeout_s)
+                    unknown = codec.unknown_model(
                         core.model_name,
-                        model_version=core.model_version,
-                        headers=core.headers,
-                        as_json=True,
-                        client_timeout=deadline_s,
-                    ),
-                    timeout_s=timeout_s,
-                )
+                        core.model_version,
+                        self._served_models(index, timeout_s),
+                        indexed=codec.indexed_names(index),
+                    )
+                    raise (unknown or error) from error
                 self._info = codec.parse_model_info(config, model_name=core.model_name)
                 _LOGGER.debug("loaded %s", self._info)
             return self._info
@@ -293,15 +311,70 @@ class EmotionClient:
         return self._stream(iter(chunks), session)
 
     def stream_info(self) -> StreamInfo:
-        """The server's live-stream model: its input, its limit of streams and its idle timeout."""
+        """The model's live-stream twin: its input, its limit of streams and its idle timeout."""
+        name = codec.stream_model_name(self.model_info())
+        return StreamInfo.from_config(self._config(name, None), model_name=name)
+
+    def models(self, *, timeout_s: float | None = None) -> tuple[ServedModel, ...]:
+        """Every emotion model the server holds ready, by name, with its ready versions and what its
+        config says (labels, limits, precision, engine, family). Other models are left out."""
+        return self._served_models(self._index(timeout_s), timeout_s)
+
+    def _index(self, timeout_s: float | None) -> Any:
         core = self._core
-        config = self._call(
-            lambda triton, deadline_s: triton.get_model_config(
-                STREAM_MODEL, headers=core.headers, as_json=True, client_timeout=deadline_s
+        return self._call(
+            lambda triton, deadline_s: triton.get_model_repository_index(
+                headers=core.headers, as_json=True, client_timeout=deadline_s
             ),
-            timeout_s=None,
+            timeout_s=timeout_s,
         )
-        return StreamInfo.from_config(config, model_name=STREAM_MODEL)
+
+    def _served_models(self, index: Any, timeout_s: float | None) -> tuple[ServedModel, ...]:
+        ready = codec.ready_versions(index).items()
+        found = [codec.served_model(name, vs, self._config(name, timeout_s)) for name, vs in ready]
+        return tuple(model for model in found if model is not None)
+
+    def _config(self, name: str, timeout_s: float | None) -> Any:
+        core = self._core
+        return self._call(
+            lambda triton, deadline_s: triton.get_model_config(
+                name, headers=core.headers, as_json=True, client_timeout=deadline_s
+            ),
+            timeout_s=timeout_s,
+        )
+
+    def load_model(self, *, timeout_s: float | None = 600.0) -> None:
+        """Have the server (started with ``serve --model-control explicit``) read this model again from its
+        repository and serve it, with its live-stream twin: how a new or pinned version goes live. Requests
+        keep being answered by the old version until the new one is ready; the next call reads the model's
+        description again."""
+        self._control("load", timeout_s)
+
+    def unload_model(self, *, timeout_s: float | None = 600.0) -> None:
+        """Stop serving this model (and its live-stream twin); calls to it then raise ModelNotReadyError."""
+        self._control("unload", timeout_s)
+
+    def _control(self, action: codec.ControlAction, timeout_s: float | None) -> None:
+        # The stream twin is named in the ensemble's config, which a server shows for a loaded model only:
+        # read before unloading, after loading.
+        stream = self.model_info().stream_model if action == "unload" else None
+        self._control_one(action, self._core.model_name, timeout_s)
+        stream = stream if action == "unload" else self.model_info().stream_model
+        if stream is not None:
+            self._control_one(action, stream, timeout_s)
+
+    def _control_one(self, action: codec.ControlAction, name: str, timeout_s: float | None) -> None:
+        """On every endpoint, each replica serving from its own repository copy; no resend (a load is not
+        idempotent in time: it may have begun)."""
+        core = self._core
+        self._ensure_open()
+        for endpoint, triton in enumerate(self._tritons):
+            try:
+                codec.send_control(triton, action, name, core.headers, core.deadline_s(timeout_s))
+            except InferenceServerException as e:
+                raise codec.control_error(action, name, core.map_error(e, endpoint, server_live=True)) from e
+        with self._info_lock:
+            self._info = None
 
     def _stream(self, chunks: Iterator[npt.NDArray[Any]], session: StreamSession) -> Iterator[StreamUpdate]:
         """One gRPC stream of its own (tritonclient allows one per client object): a thread sends the

@@ -9,16 +9,24 @@ from __future__ import annotations
 
 import json
 import math
-from collections.abc import Mapping
-from typing import Any
+from collections.abc import Collection, Mapping
+from typing import Any, Literal
 
 import numpy as np
 import numpy.typing as npt
 from tritonclient.grpc import InferInput, InferRequestedOutput  # type: ignore[import-untyped, unused-ignore]
 
 from .audio import AudioSource, load_audio
-from .errors import IncompatibleModelError, InvalidAudioError, NoAnswerError, ServerError
-from .results import Classification, LabelScore, ModelInfo
+from .errors import (
+    EmotionClientError,
+    IncompatibleModelError,
+    InvalidAudioError,
+    ModelControlError,
+    NoAnswerError,
+    ServerError,
+    UnknownModelError,
+)
+from .results import Classification, LabelScore, ModelInfo, ServedModel
 
 __all__ = [
     "ModelChangedError",
@@ -26,12 +34,18 @@ __all__ = [
     "build_inputs",
     "build_outputs",
     "check_answered",
+    "control_error",
     "decode_answer",
     "decode_classification",
     "decode_embedding",
     "parse_model_info",
     "prepare_audio",
+    "ready_versions",
+    "send_control",
     "served_labels",
+    "served_model",
+    "stream_model_name",
+    "unknown_model",
     "validate_duration",
     "validate_timeline",
     "validate_timeout_s",
@@ -100,6 +114,9 @@ def parse_model_info(config: Mapping[str, Any], *, model_name: str) -> ModelInfo
         untrained=untrained_text.strip().lower() == "true",
         embedding_output=_optional_param(params, "embedding_output"),
         weights_dtype=_optional_param(params, "weights_dtype") or "float32",
+        engine=_optional_param(params, "engine"),
+        family=_optional_param(params, "family") or None,
+        stream_model=_optional_param(params, "stream_model"),
     )
     _check_declared(body, "input", (info.audio_input,), model_name)
     outputs = (info.probabilities_output, info.logits_output)
@@ -353,3 +370,105 @@ def decode_classification(
         scores=scores,
         untrained=info.untrained,
     )
+
+
+DEFAULT_STREAM_MODEL = "stream"
+"""The live-stream model of repositories written before each ensemble named its own."""
+
+
+def stream_model_name(info: ModelInfo) -> str:
+    return info.stream_model or DEFAULT_STREAM_MODEL
+
+
+def ready_versions(index: Mapping[str, Any]) -> dict[str, tuple[int, ...]]:
+    """Each model's READY versions from ``get_model_repository_index(as_json=True)``, by name."""
+    ready: dict[str, set[int]] = {}
+    for entry in index.get("models", []):
+        if not isinstance(entry, Mapping) or entry.get("state") != "READY":
+            continue
+        name, version = entry.get("name"), str(entry.get("version", ""))
+        if isinstance(name, str):
+            ready.setdefault(name, set())
+            if version.isdigit():
+                ready[name].add(int(version))
+    return {name: tuple(sorted(versions)) for name, versions in sorted(ready.items())}
+
+
+def served_model(name: str, versions: tuple[int, ...], config: Mapping[str, Any]) -> ServedModel | None:
+    """The emotion model a ready model's config describes, or None when it is not one (a preprocess,
+    a classifier, a stream model, or a model of another application)."""
+    body = config.get("config", config)
+    if not isinstance(body, Mapping) or body.get("platform") != "ensemble":
+        return None
+    try:
+        info = parse_model_info(config, model_name=name)
+    except IncompatibleModelError:
+        return None
+    return ServedModel(name=name, versions=versions, info=info)
+
+
+def indexed_names(index: Mapping[str, Any]) -> frozenset[str]:
+    """Every model name in ``get_model_repository_index(as_json=True)``, whatever its state (loading,
+    unloaded, failed)."""
+    return frozenset(
+        entry["name"] for entry in index.get("models", []) if isinstance(entry, Mapping) and "name" in entry
+    )
+
+
+def unknown_model(
+    name: str, version: str, models: tuple[ServedModel, ...], *, indexed: Collection[str] = ()
+) -> UnknownModelError | None:
+    """The error for a model (or a version of it) the server does not hold, naming what it holds;
+    None when it holds it, or when its repository has it (`indexed`) and it is only not ready: loading,
+    or unloaded, which the server's own error says."""
+    available = tuple(model.name for model in models)
+    by_name = {model.name: model for model in models}
+    if name not in by_name and name in indexed:
+        return None
+    if name not in by_name:
+        listed = ", ".join(available) if available else "none"
+        return UnknownModelError(
+            f"the server has no emotion model '{name}'; it has: {listed} "
+            "(`emotion-client models` lists them)",
+            available=available,
+        )
+    versions = by_name[name].versions
+    if version and (not version.isdigit() or int(version) not in versions):
+        return UnknownModelError(
+            f"model '{name}' has no version {version} ready; "
+            f"ready: {', '.join(map(str, versions)) or 'none'}",
+            available=available,
+        )
+    return None
+
+
+ControlAction = Literal["load", "unload"]
+
+_CONTROL_REFUSED_MARKERS = ("not allowed", "polling is enabled")
+"""How Triton refuses load/unload requests when it was not started with explicit model control."""
+
+
+def send_control(
+    triton: Any, action: ControlAction, name: str, headers: Mapping[str, str], deadline_s: float
+) -> Any:
+    """One load or unload request (the asyncio client awaits what this returns); an ensemble unloads
+    with the models it is made of."""
+    if action == "load":
+        return triton.load_model(name, headers=headers, client_timeout=deadline_s)
+    return triton.unload_model(name, headers=headers, client_timeout=deadline_s, unload_dependents=True)
+
+
+def control_error(action: ControlAction, name: str, error: EmotionClientError) -> EmotionClientError:
+    """A refused load or unload, saying how to start a server that takes them."""
+    if any(marker in error.message for marker in _CONTROL_REFUSED_MARKERS):
+        return ModelControlError(
+            f"the server refused to {action} model '{name}': it does not take model control requests; "
+            f"start it with `python -m emotion_build serve --model-control explicit` (tritonserver "
+            f"--model-control-mode=explicit): {error.message}",
+            status=error.status,
+        )
+    if isinstance(error, ServerError) and not isinstance(error, ModelControlError):
+        return ModelControlError(
+            f"the server could not {action} model '{name}': {error.message}", status=error.status
+        )
+    return error

@@ -153,6 +153,19 @@ class ModelNotReadyError(ServerError):
     """The server is up but the model is unknown, still loading, or unloaded."""
 
 
+class UnknownModelError(ModelNotReadyError):
+    """The server holds no model of the name asked for; ``available`` are the emotion models it has."""
+
+    def __init__(self, message: str, *, available: tuple[str, ...] = (), status: str | None = None) -> None:
+        super().__init__(message, status=status)
+        self.available = available
+
+
+class ModelControlError(ServerError):
+    """The server refused to load or unload a model: it does not take model control requests (start
+    it with ``serve --model-control explicit``), or the model's files do not load (the message says)."""
+
+
 class StreamExpiredError(ServerError):
     """A live stream was silent longer than the server's idle timeout (the message names it), so the
     server forgot it; start a new stream."""

@@ -17,6 +17,7 @@ __all__ = [
     "LabelScore",
     "ModelInfo",
     "ProgressCallback",
+    "ServedModel",
     "StreamUpdate",
 ]
 
@@ -73,11 +74,28 @@ class ModelInfo:
     """Precision of the served classifier's weights (``float32``, ``bfloat16``, ``float16``, or
     ``int8+bfloat16``: int8 products in the encoder, the rest bf16); its tensors in and out are FP32
     either way. Older repositories do not say, and were float32."""
+    engine: str | None = None
+    """What runs the classifier (``torchscript`` or ``openvino``); None from older repositories."""
+    family: str | None = None
+    """The checkpoint's Hugging Face family (``wav2vec2``, ``hubert``, ``wavlm``, ``data2vec-audio``)."""
+    stream_model: str | None = None
+    """The live-stream model beside this ensemble; None from repositories older than named models."""
 
     @property
     def num_classes(self) -> int:
         """Length of the probabilities vector the server returns."""
         return len(self.labels)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ServedModel:
+    """One emotion model a server holds, as ``models()`` lists it: call it with ``model_name=name``."""
+
+    name: str
+    versions: tuple[int, ...]
+    """The versions ready to answer, ascending; pin one with ``model_version=``."""
+    info: ModelInfo
+    """Its labels, rate, limits, precision, engine and family, as its (newest) config says."""
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

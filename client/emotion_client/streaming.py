@@ -38,9 +38,8 @@ from .errors import (
 )
 from .results import ModelInfo, StreamUpdate
 
-__all__ = ["SEND_MAX_S", "SEND_MIN_S", "STREAM_MODEL", "StreamInfo", "StreamSession", "stream_error"]
+__all__ = ["SEND_MAX_S", "SEND_MIN_S", "StreamInfo", "StreamSession", "stream_error"]
 
-STREAM_MODEL = "stream"
 SEND_MIN_S = 0.05
 """Audio the client gathers before it sends: 50 ms of latency at most, never a request per sample."""
 SEND_MAX_S = 10.0

@@ -16,10 +16,12 @@ import numpy as np
 import torch
 import transformers
 
+from ..model.families import family_of
 from ..model.geometry import receptive_field
 from ..model.loading import LoadedModel
 from ..model.served_classifier import strip_source_paths
 from ..repository.description import (
+    ENSEMBLE_MODEL,
     MAX_ABS_AMPLITUDE,
     MODEL_FILE,
     BatchingSettings,
@@ -28,6 +30,7 @@ from ..repository.description import (
     StreamSettings,
     Target,
 )
+from ..repository.layout import VersionRequest, destination_version
 from ..repository.writer import write_repository
 from ..triton_models.cpu_features import cpu_flags
 from ..triton_models.openvino_engine import IR_FILE
@@ -73,6 +76,7 @@ class ExportResult:
     description: ModelDescription
     provenance: Provenance
     parity: ParityReport
+    version: int = 1
 
 
 def describe(
@@ -83,6 +87,7 @@ def describe(
     max_duration_s: float,
     max_abs_amplitude: float = MAX_ABS_AMPLITUDE,
     stream: StreamSettings | None = None,
+    name: str = ENSEMBLE_MODEL,
 ) -> ModelDescription:
     """Everything the served models need to know, read from the HF model and feature extractor."""
     extractor = loaded.feature_extractor
@@ -99,6 +104,8 @@ def describe(
         untrained=loaded.untrained,
         embedding_size=int(loaded.model.config.classifier_proj_size),
         stream=stream or StreamSettings(),
+        name=name,
+        family=family_of(loaded.model).name,
     )
 
 
@@ -114,6 +121,7 @@ def export(
     gate_speech: GateSpeech | None = None,
     machine_flags: frozenset[str] | None = None,
     engine: EngineRequest = "auto",
+    version: VersionRequest = None,
 ) -> ExportResult:
     """Convert, check and write the repository on the engine and in the precision asked for.
 
@@ -123,7 +131,11 @@ def export(
     on CUDA when a GPU target has one, and must pass the speech gate (`gate_speech`, or espeak-ng
     clips) against the eager fp32 model; an explicit request fails when it does not, `auto` falls
     back (int8, bf16, fp32) and says why (as it does when there is no speech to gate on), and an
-    automatic OpenVINO that cannot convert or check the model gives way to TorchScript."""
+    automatic OpenVINO that cannot convert or check the model gives way to TorchScript.
+
+    The checkpoint goes into `output` under `description.name` beside any other models there: anew
+    (replacing that name), or as a new `version`. A clash fails here, before any work."""
+    destination_version(output.resolve(), description.names, version)
     say = progress or (lambda message: print(message, file=sys.stderr, flush=True))
     flags = cpu_flags() if machine_flags is None else machine_flags
     choice = choose_precision(dtype, target, flags, engine=engine, openvino=openvino_available())
@@ -160,9 +172,9 @@ def export(
         provenance, parity, files = outcome
         description = dataclasses.replace(description, weights_dtype=provenance.dtype, engine=provenance.engine)
         provenance = dataclasses.replace(provenance, description=description.record())
-        say(f"writing the {target} repository to {output}")
-        write_repository(output, description, target, artifacts=files, provenance=provenance)
-    return ExportResult(output, description, provenance, parity)
+        number = write_repository(output, description, target, artifacts=files, provenance=provenance, version=version)
+        say(f"wrote model '{description.name}' version {number} ({target}) to {output}")
+    return ExportResult(output, description, provenance, parity, number)
 
 
 Artifact = tuple[Provenance, ParityReport, dict[str, Path]]

@@ -1,4 +1,4 @@
-"""Render the three Triton model configs from the one `ModelDescription`.
+"""Render the four Triton model configs of one checkpoint from the one `ModelDescription`.
 
 Configs are built as Triton's own `ModelConfig` protobuf and printed with `text_format`, so a
 misspelt field fails here, at build time, instead of when the server loads the repository.
@@ -14,15 +14,11 @@ from tritonclient.grpc import model_config_pb2 as mc
 from .description import (
     AUDIO_INPUT,
     CHUNK_INPUT,
-    CLASSIFIER_MODEL,
     CLASSIFIER_OUTPUTS,
     EMBEDDING_OUTPUT,
-    ENSEMBLE_MODEL,
     LABELS_FILE,
-    PREPROCESS_MODEL,
     PROBABILITIES_OUTPUT,
     STREAM_DONE,
-    STREAM_MODEL,
     STREAM_OUTPUTS,
     TARGETS,
     WAVEFORM,
@@ -74,7 +70,7 @@ def _warmup(config: mc.ModelConfig, description: ModelDescription, input_name: s
 
 def preprocess_config(description: ModelDescription) -> mc.ModelConfig:
     batching = description.batching
-    config = mc.ModelConfig(name=PREPROCESS_MODEL, backend="python", max_batch_size=batching.max_batch_size)
+    config = mc.ModelConfig(name=description.names.preprocess, backend="python", max_batch_size=batching.max_batch_size)
     config.input.add(name=AUDIO_INPUT, data_type=mc.TYPE_FP32, dims=[-1], allow_ragged_batch=True)
     config.output.add(name=WAVEFORM, data_type=mc.TYPE_FP32, dims=[-1])
     config.dynamic_batching.max_queue_delay_microseconds = 0
@@ -97,7 +93,7 @@ def classifier_config(description: ModelDescription, target: Target) -> mc.Model
     """The same tensors and batching on every target; the runtime and the device differ, and the libtorch
     classifier also takes each batch item's length."""
     batching = description.batching
-    config = mc.ModelConfig(name=CLASSIFIER_MODEL, max_batch_size=batching.max_batch_size)
+    config = mc.ModelConfig(name=description.names.classifier, max_batch_size=batching.max_batch_size)
     config.input.add(name=WAVEFORM, data_type=mc.TYPE_FP32, dims=[-1], allow_ragged_batch=True)
     config.batch_input.add(
         kind=mc.BatchInput.BATCH_ACCUMULATED_ELEMENT_COUNT,
@@ -163,14 +159,14 @@ def classifier_config(description: ModelDescription, target: Target) -> mc.Model
 
 def ensemble_config(description: ModelDescription) -> mc.ModelConfig:
     config = mc.ModelConfig(
-        name=ENSEMBLE_MODEL, platform="ensemble", max_batch_size=description.batching.max_batch_size
+        name=description.names.ensemble, platform="ensemble", max_batch_size=description.batching.max_batch_size
     )
     config.input.add(name=AUDIO_INPUT, data_type=mc.TYPE_FP32, dims=[-1])
     _class_outputs(config, description, with_labels=True)
-    preprocess = config.ensemble_scheduling.step.add(model_name=PREPROCESS_MODEL, model_version=-1)
+    preprocess = config.ensemble_scheduling.step.add(model_name=description.names.preprocess, model_version=-1)
     preprocess.input_map[AUDIO_INPUT] = AUDIO_INPUT
     preprocess.output_map[WAVEFORM] = _ENSEMBLE_WAVEFORM
-    classifier = config.ensemble_scheduling.step.add(model_name=CLASSIFIER_MODEL, model_version=-1)
+    classifier = config.ensemble_scheduling.step.add(model_name=description.names.classifier, model_version=-1)
     classifier.input_map[WAVEFORM] = _ENSEMBLE_WAVEFORM
     for name in CLASSIFIER_OUTPUTS:
         classifier.output_map[name] = name
@@ -188,7 +184,9 @@ def stream_config(description: ModelDescription) -> mc.ModelConfig:
     """Decoupled, under the sequence batcher's oldest strategy: every live stream is a candidate sequence,
     its chunks in order, several streams' chunks in one execution."""
     stream = description.stream
-    config = mc.ModelConfig(name=STREAM_MODEL, backend="python", max_batch_size=description.batching.max_batch_size)
+    config = mc.ModelConfig(
+        name=description.names.stream, backend="python", max_batch_size=description.batching.max_batch_size
+    )
     config.input.add(name=CHUNK_INPUT, data_type=mc.TYPE_FP32, dims=[-1])
     for name in STREAM_OUTPUTS:
         config.output.add(name=name, data_type=mc.TYPE_FP64, dims=[1])
@@ -213,7 +211,7 @@ def stream_config(description: ModelDescription) -> mc.ModelConfig:
             "min_samples": str(description.min_samples),
             "max_samples": str(description.max_samples),
             "max_abs_amplitude": repr(description.max_abs_amplitude),
-            "ensemble": ENSEMBLE_MODEL,
+            "ensemble": description.names.ensemble,
             "audio_input": AUDIO_INPUT,
             "probabilities_output": PROBABILITIES_OUTPUT,
             "max_streams": str(stream.max_streams),
@@ -224,13 +222,22 @@ def stream_config(description: ModelDescription) -> mc.ModelConfig:
     return config
 
 
-def all_configs(description: ModelDescription, target: Target) -> dict[str, mc.ModelConfig]:
-    return {
-        PREPROCESS_MODEL: preprocess_config(description),
-        CLASSIFIER_MODEL: classifier_config(description, target),
-        ENSEMBLE_MODEL: ensemble_config(description),
-        STREAM_MODEL: stream_config(description),
+def all_configs(
+    description: ModelDescription, target: Target, *, pinned: int | None = None
+) -> dict[str, mc.ModelConfig]:
+    """The checkpoint's four configs by model name. Unpinned, Triton serves each model's newest version
+    (its default policy); `pinned` serves that version alone: how a roll goes back (docs/serving.md)."""
+    names = description.names
+    configs = {
+        names.preprocess: preprocess_config(description),
+        names.classifier: classifier_config(description, target),
+        names.ensemble: ensemble_config(description),
+        names.stream: stream_config(description),
     }
+    if pinned is not None:
+        for config in configs.values():
+            config.version_policy.specific.versions.append(pinned)
+    return configs
 
 
 def render(config: mc.ModelConfig) -> str:

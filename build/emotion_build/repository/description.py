@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import re
 from collections.abc import Mapping, Sequence
 from typing import Literal
 
@@ -33,9 +34,11 @@ __all__ = [
     "WAVEFORM_ITEMS",
     "BatchingSettings",
     "ModelDescription",
+    "ModelNames",
     "Provenance",
     "StreamSettings",
     "Target",
+    "check_model_name",
 ]
 
 Target = Literal["gpu", "cpu", "gpu-python"]
@@ -54,6 +57,42 @@ STREAM_OUTPUTS = ("start_s", "end_s")
 """Stream outputs beside the probabilities: each update's window, in seconds from the start of the stream."""
 STREAM_DONE = "done"
 """Stream output of the last response to the END request alone: every update is in (end_s: the stream's length)."""
+
+_NAME = re.compile(r"[A-Za-z][A-Za-z0-9_-]{0,47}")
+
+
+def check_model_name(name: str) -> str:
+    """A name a client can type and Triton can serve: a letter, then letters, digits, `_` or `-`."""
+    if not _NAME.fullmatch(name):
+        raise ValueError(
+            f"model name {name!r} must start with a letter and hold only letters, digits, '_' and '-' (48 at most)"
+        )
+    return name
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class ModelNames:
+    """The four served models of one checkpoint: the ensemble clients call by the checkpoint's name,
+    and the models behind it. The default checkpoint keeps the names repositories have always had
+    (emotion, preprocess, classifier, stream); any other NAME prefixes its own (NAME_preprocess, ...)."""
+
+    ensemble: str
+    preprocess: str
+    classifier: str
+    stream: str
+
+    @classmethod
+    def of(cls, name: str) -> ModelNames:
+        if name == ENSEMBLE_MODEL:
+            return cls(ENSEMBLE_MODEL, PREPROCESS_MODEL, CLASSIFIER_MODEL, STREAM_MODEL)
+        check_model_name(name)
+        return cls(name, f"{name}_{PREPROCESS_MODEL}", f"{name}_{CLASSIFIER_MODEL}", f"{name}_{STREAM_MODEL}")
+
+    @property
+    def all(self) -> tuple[str, str, str, str]:
+        """In the order a repository is written and swapped: what the ensemble needs, then the ensemble."""
+        return (self.preprocess, self.classifier, self.ensemble, self.stream)
+
 
 AUDIO_INPUT = "audio"
 """Ensemble and preprocess input: one mono clip at the model's sample rate, shape [1, samples]."""
@@ -244,8 +283,13 @@ class ModelDescription:
     engine: str = "torchscript"
     """What runs the classifier (precision.Engine): the runner loads model.pt, or the OpenVINO IR."""
     stream: StreamSettings = dataclasses.field(default_factory=StreamSettings)
+    name: str = ENSEMBLE_MODEL
+    """The name clients call it by (its ensemble's); its other models are named from it (ModelNames)."""
+    family: str = ""
+    """The Hugging Face family it belongs to (wav2vec2, hubert, wavlm, data2vec-audio; families.py)."""
 
     def __post_init__(self) -> None:
+        check_model_name(self.name)
         if not self.labels:
             raise ValueError("the model has no labels (id2label is empty)")
         if len(set(self.labels)) != len(self.labels):
@@ -295,6 +339,10 @@ class ModelDescription:
         )
 
     @property
+    def names(self) -> ModelNames:
+        return ModelNames.of(self.name)
+
+    @property
     def min_samples(self) -> int:
         return max(1, round(self.min_duration_s * self.sample_rate))
 
@@ -326,4 +374,6 @@ def ensemble_parameters(description: ModelDescription) -> dict[str, str]:
         "untrained": "true" if description.untrained else "false",
         "weights_dtype": description.weights_dtype,
         "engine": description.engine,
+        "family": description.family,
+        "stream_model": description.names.stream,
     }

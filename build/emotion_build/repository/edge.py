@@ -26,7 +26,7 @@ from typing import Any
 from google.protobuf import text_format
 from tritonclient.grpc import model_config_pb2 as mc
 
-from .description import PREPROCESS_MODEL
+from .layout import emotion_models
 
 __all__ = [
     "EDGE_GRPC_PORT",
@@ -73,14 +73,21 @@ class RequestLimits:
 
 
 def repository_limits(repository: Path) -> RequestLimits:
-    """The limits of an exported repository, from its preprocess config's `max_samples`."""
-    path = repository / PREPROCESS_MODEL / "config.pbtxt"
-    if not path.is_file():
-        raise FileNotFoundError(f"{path} does not exist: is {repository} an exported model repository?")
-    config = text_format.Parse(path.read_text(), mc.ModelConfig())
-    if "max_samples" not in config.parameters:
-        raise ValueError(f"{path} has no max_samples parameter; export the repository again")
-    return RequestLimits.for_samples(int(config.parameters["max_samples"].string_value))
+    """The limits of an exported repository: the largest preprocess `max_samples` of its models (one edge
+    fronts them all; each model still refuses what is too long for it)."""
+    models = emotion_models(repository)
+    if not models:
+        raise FileNotFoundError(f"{repository} holds no exported model: is it an exported model repository?")
+    largest = 0
+    for names in models.values():
+        path = repository / names.preprocess / "config.pbtxt"
+        if not path.is_file():
+            raise FileNotFoundError(f"{path} does not exist: export model '{names.ensemble}' again")
+        config = text_format.Parse(path.read_text(), mc.ModelConfig())
+        if "max_samples" not in config.parameters:
+            raise ValueError(f"{path} has no max_samples parameter; export the repository again")
+        largest = max(largest, int(config.parameters["max_samples"].string_value))
+    return RequestLimits.for_samples(largest)
 
 
 def _typed(kind: str, **fields: Any) -> dict[str, Any]:

@@ -38,8 +38,9 @@ def perf_analyzer_command(
     concurrency: Sequence[int] = (1,),
     measurement_interval_ms: int = 2000,
     extra_args: Sequence[str] = (),
+    model: str = ENSEMBLE_MODEL,
 ) -> list[str]:
-    """One clip per request against the ensemble over gRPC, cycling through `input_data`'s clips."""
+    """One clip per request against the ensemble `model` over gRPC, cycling through `input_data`'s clips."""
     binary = shutil.which(
         "perf_analyzer", path=os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", "")])
     )
@@ -50,7 +51,7 @@ def perf_analyzer_command(
     return [
         binary,
         "-m",
-        ENSEMBLE_MODEL,
+        model,
         "-u",
         grpc_url,
         "-i",

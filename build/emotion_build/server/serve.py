@@ -5,19 +5,21 @@ from __future__ import annotations
 
 import signal
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from types import FrameType
 
-from ..repository.description import CLASSIFIER_MODEL, PROVENANCE_FILE, Provenance
+from ..repository.description import PROVENANCE_FILE, ModelNames, Provenance
+from ..repository.layout import emotion_models, served_versions, versions
 from ..triton_models.cpu_features import cpu_flags, emulation_warning
 from .endpoints import Endpoints
 from .errors import ServerStartError
 from .install import TritonInstall
 from .launcher import TritonServer, in_main_thread
+from .processes import StubProcess
 from .security import GrpcTLS, TokenAuth
 
-__all__ = ["STUB_DIED_STATUS", "serve"]
+__all__ = ["STUB_DIED_STATUS", "lost_stubs", "serve"]
 
 _STUB_WATCH_INTERVAL_S = 0.5
 STUB_DIED_STATUS = 3
@@ -100,8 +102,9 @@ def serve(
         _warn_about_precision(model_repository)
         stubs = server.python_stubs()
         while (exit_code := server.poll(timeout_s=_STUB_WATCH_INTERVAL_S)) is None:
-            alive = {stub.pid for stub in server.python_stubs()}
-            dead = [stub for stub in stubs if stub.pid not in alive]
+            now = server.python_stubs()
+            dead = lost_stubs(stubs, now, lambda: set(server.ready_models()))
+            stubs = now
             if dead and not received:
                 names = ", ".join(f"{stub.instance} (pid {stub.pid})" for stub in dead)
                 print(
@@ -121,28 +124,63 @@ def serve(
             signal.signal(signum, handler)
 
 
-def _provenance(model_repository: Path) -> Provenance | None:
-    record = model_repository / CLASSIFIER_MODEL / "1" / PROVENANCE_FILE
-    return Provenance.from_json(record.read_text()) if record.is_file() else None
+def lost_stubs(
+    before: Sequence[StubProcess], now: Sequence[StubProcess], ready_models: Callable[[], set[str]]
+) -> list[StubProcess]:
+    """The stubs that died under a model still serving. A stub replaced by a reload (its instance alive
+    under a new pid) or gone with its model (unloaded) is not lost; the server is asked only when a
+    stub has gone."""
+    alive = {stub.pid for stub in now}
+    instances = {stub.instance for stub in now}
+    gone = [stub for stub in before if stub.pid not in alive and stub.instance not in instances]
+    if not gone:
+        return []
+    try:
+        ready = ready_models()
+    except OSError:  # the server itself is going: its exit status says why
+        return []
+    return [stub for stub in gone if stub.model in ready]
+
+
+def _served(model_repository: Path) -> list[tuple[ModelNames, int, Provenance | None]]:
+    """Each checkpoint in the repository with the version it serves and that version's export record."""
+    served = []
+    for names in emotion_models(model_repository).values():
+        for version in served_versions(model_repository, names) or (1,):
+            record = model_repository / names.classifier / str(version) / PROVENANCE_FILE
+            served.append((names, version, Provenance.from_json(record.read_text()) if record.is_file() else None))
+    return served
 
 
 def _warn_about_precision(model_repository: Path) -> None:
-    provenance = _provenance(model_repository)
-    warning = None if provenance is None else emulation_warning(provenance.dtype, cpu_flags())
-    if warning is not None:
-        print(f"WARNING: {warning}", file=sys.stderr, flush=True)
+    for names, _, provenance in _served(model_repository):
+        warning = None if provenance is None else emulation_warning(provenance.dtype, cpu_flags())
+        if warning is not None:
+            print(f"WARNING: model '{names.ensemble}': {warning}", file=sys.stderr, flush=True)
+
+
+def _model_line(model_repository: Path, names: ModelNames, version: int, provenance: Provenance | None) -> str:
+    """`  model    NAME v2 of 1, 2: wavlm, labels a b c, int8+bfloat16 on openvino (auto: ...)`."""
+    all_versions = ", ".join(map(str, versions(model_repository / names.classifier)))
+    line = f"  model    {names.ensemble} v{version} (of {all_versions})"
+    if provenance is None:
+        return f"{line}: no export.json"
+    description = provenance.description or {}
+    labels = description.get("labels", ())
+    family = description.get("family") or "?"
+    untrained = ", UNTRAINED" if provenance.untrained else ""
+    choice = f" ({provenance.precision_choice})" if provenance.precision_choice else ""
+    labelled = " ".join(map(str, labels)) if isinstance(labels, (list, tuple)) else "?"
+    return f"{line}: {family}, labels {labelled}, {provenance.dtype} on {provenance.engine}{untrained}{choice}"
 
 
 def _summary(server: TritonServer, endpoints: Endpoints, bind_host: str, model_repository: Path) -> str:
     models = ", ".join(server.ready_models()) or "(none)"
-    provenance = _provenance(model_repository)
-    weights = "unknown (no export.json)" if provenance is None else provenance.dtype
-    if provenance is not None and provenance.precision_choice:
-        weights += f" ({provenance.precision_choice})"
+    lines = [_model_line(model_repository, *served) for served in _served(model_repository)]
     return "\n".join(
         [
             f"tritonserver {server.install.version} ready (pid {server.pid}), models: {models}",
-            f"  weights  {weights}",
+            *lines,
             f"  gRPC     {endpoints.grpc_url}{' (TLS)' if server.tls else ''}",
             f"  HTTP     {endpoints.http_url}",
             f"  metrics  {endpoints.metrics_url}",

@@ -10,9 +10,12 @@
     emotion-client labels [--json]
     emotion-client perf-data PATH... -o CLIPS.json [--lengths-s S...]
     emotion-client live (- | FILE) [--rate HZ] [--window-s S] [--hop-s S] [--realtime]
+    emotion-client models [--json]
+    emotion-client load | unload
 
 Every command takes ``--url`` (repeatable, or a comma list: requests go round-robin),
-``--timeout``, ``--retries``, ``--header KEY=VALUE``, ``--model`` and the TLS options.
+``--timeout``, ``--retries``, ``--header KEY=VALUE``, ``--model`` (``--model-version``) and the TLS
+options.
 Results go to stdout; the progress bar, warnings and errors to stderr.
 
 Exit status: 0 when everything succeeded, 1 when any file failed (or, for ``health``, any endpoint
@@ -27,6 +30,7 @@ from collections.abc import Sequence
 from ..errors import EmotionClientError
 from .commands import classify, evaluate, health, labels, timeline
 from .live import run_live
+from .models import list_models, load, unload
 from .parser import build_client, build_parser
 from .perf_data import run_perf_data
 from .status import EXIT_FAILED, EXIT_INTERRUPTED, UsageError
@@ -53,6 +57,9 @@ def main(argv: Sequence[str] | None = None) -> int:
                 "labels": labels,
                 "perf-data": run_perf_data,
                 "live": run_live,
+                "models": list_models,
+                "load": load,
+                "unload": unload,
             }[args.command]
             return handler(client, args)
     except UsageError as e:

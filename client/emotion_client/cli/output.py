@@ -80,6 +80,10 @@ def info_dict(info: ModelInfo) -> dict[str, Any]:
         "min_duration_s": info.min_duration_s,
         "max_duration_s": info.max_duration_s,
         "untrained": info.untrained,
+        "weights_dtype": info.weights_dtype,
+        "engine": info.engine,
+        "family": info.family,
+        "stream_model": info.stream_model,
     }
 
 

@@ -23,6 +23,7 @@ from ..client import EmotionClient
 from ..connection import TLSConfig
 from ..retry import RetryPolicy
 from .live import add_live_parser
+from .models import add_model_parsers
 from .perf_data import add_perf_data_parser
 
 
@@ -36,7 +37,17 @@ def build_parser() -> tuple[argparse.ArgumentParser, dict[str, argparse.Argument
         help=f"gRPC endpoint; repeat or comma-separate for several replicas (round-robin). "
         f"Default: ${URL_ENV_VAR}, else {DEFAULT_URL}",
     )
-    server.add_argument("--model", default=DEFAULT_MODEL_NAME, help="ensemble name (default: %(default)s)")
+    server.add_argument(
+        "--model",
+        default=DEFAULT_MODEL_NAME,
+        help="model name (`models` lists them; default: %(default)s)",
+    )
+    server.add_argument(
+        "--model-version",
+        default="",
+        metavar="N",
+        help="ask for this version of --model only (default: the one the server serves)",
+    )
     server.add_argument(
         "--timeout",
         type=float,
@@ -175,6 +186,7 @@ def build_parser() -> tuple[argparse.ArgumentParser, dict[str, argparse.Argument
         "labels": labels,
         "perf-data": add_perf_data_parser(commands, common),
         "live": add_live_parser(commands, common),
+        **add_model_parsers(commands, common),
     }
 
 
@@ -196,6 +208,7 @@ def build_client(args: argparse.Namespace) -> EmotionClient:
     return EmotionClient(
         urls,
         model_name=args.model,
+        model_version=args.model_version,
         timeout_s=args.timeout,
         retry=RetryPolicy(max_retries=args.retries),
         headers=headers,

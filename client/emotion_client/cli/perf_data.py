@@ -34,7 +34,7 @@ def add_perf_data_parser(
         "--stream",
         action="store_true",
         help="data for the live stream model instead: each file one sequence of --chunk-s chunks "
-        "(perf_analyzer -m stream --streaming)",
+        "(perf_analyzer -m <its stream model> --streaming; `labels --json` names it)",
     )
     parser.add_argument(
         "--chunk-s",
