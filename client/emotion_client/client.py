@@ -344,10 +344,9 @@ class EmotionClient:
         )
 
     def load_model(self, *, timeout_s: float | None = 600.0) -> None:
-        """Have the server (started with ``serve --model-control explicit``) read this model again from its
-        repository and serve it, with its live-stream twin: how a new or pinned version goes live. Requests
-        keep being answered by the old version until the new one is ready; the next call reads the model's
-        description again."""
+        """Have a server started with ``serve --model-control explicit`` serve this model as its repository
+        now says, with its live-stream twin: how a new or pinned version goes live (the old one answers
+        until the new one is ready)."""
         self._control("load", timeout_s)
 
     def unload_model(self, *, timeout_s: float | None = 600.0) -> None:
@@ -364,8 +363,7 @@ class EmotionClient:
             self._control_one(action, stream, timeout_s)
 
     def _control_one(self, action: codec.ControlAction, name: str, timeout_s: float | None) -> None:
-        """On every endpoint, each replica serving from its own repository copy; no resend (a load is not
-        idempotent in time: it may have begun)."""
+        """On every endpoint (each replica has its own repository copy); no resend: a load may have begun."""
         core = self._core
         self._ensure_open()
         for endpoint, triton in enumerate(self._tritons):
