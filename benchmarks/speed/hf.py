@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import multiprocessing
 import time
 from collections.abc import Callable
 from typing import Any
@@ -12,6 +11,7 @@ import torch
 from emotion_build.triton_models.heap import keep_freed_memory
 from emotion_build.triton_models.waveform import FloatArray
 
+from .child_process import ChildProcess
 from .progress import log
 from .results import Point
 from .timing import timed_loop
@@ -40,7 +40,7 @@ def hf_point(
     return timed_loop(call, workload, size, system=system, budget_s=budget_s, device=device)
 
 
-class HFProcess:
+class HFProcess(ChildProcess):
     """The HF pipeline in a process of its own, by default with malloc as Python leaves it.
 
     This process keeps freed memory the way the cpu runner does (triton_models/heap.py), so that
@@ -51,24 +51,9 @@ class HFProcess:
     def __init__(self, model_ref: str, device: str, *, keep_freed_mib: int = 0, dtype: str = "fp32") -> None:
         """`keep_freed_mib` > 0 gives the pipeline the runner's malloc setting instead (--hf-malloc runner),
         to show how much of the difference is the allocator; `dtype` "bf16" casts its weights."""
-        context = multiprocessing.get_context("spawn")
-        self._connection, child = context.Pipe()
+        super().__init__("the HF pipeline", _hf_child, (model_ref, device, keep_freed_mib, dtype))
         self.dtype = dtype
-        self._process = context.Process(
-            target=_hf_child, args=(child, model_ref, device, keep_freed_mib, dtype), daemon=True
-        )
-        self._process.start()
-        child.close()
         self.attention: str = self._receive()
-
-    def _receive(self) -> Any:
-        try:
-            message = self._connection.recv()
-        except EOFError:
-            raise RuntimeError(f"the HF pipeline's process died (exit code {self._process.exitcode})") from None
-        if isinstance(message, BaseException):
-            raise message
-        return message
 
     def point(self, workload: Workload, *, batch_size: int | None, budget_s: float) -> Point:
         self._connection.send(("point", workload, batch_size, budget_s))
@@ -82,20 +67,6 @@ class HFProcess:
         seconds = self._receive()
         assert isinstance(seconds, float)
         return seconds
-
-    def close(self) -> None:
-        if self._process.is_alive():
-            self._connection.send(None)
-            self._process.join(timeout=30)
-        if self._process.is_alive():
-            self._process.kill()
-        self._connection.close()
-
-    def __enter__(self) -> HFProcess:
-        return self
-
-    def __exit__(self, *exc_info: object) -> None:
-        self.close()
 
 
 def _hf_child(connection: Any, model_ref: str, device: str, keep_freed_mib: int, dtype: str) -> None:

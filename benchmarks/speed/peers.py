@@ -12,7 +12,6 @@ eager fp32 on the gate's speech, one clip per call.
 
 from __future__ import annotations
 
-import multiprocessing
 import re
 import tempfile
 from collections.abc import Callable, Sequence
@@ -26,6 +25,7 @@ import torch
 from emotion_build.model.int8_products import ENCODER_LINEARS
 from emotion_build.triton_models.waveform import FloatArray, normalise
 
+from .child_process import ChildProcess
 from .progress import log
 from .results import PeerFidelity, Point
 from .systems import SYSTEM_NAMES
@@ -128,28 +128,13 @@ _BUILDERS: dict[str, tuple[Callable[..., Any], bool]] = {
 }
 
 
-class PeerProcess:
+class PeerProcess(ChildProcess):
     """One peer in a spawned process (its own threads and allocator), answering points and probabilities."""
 
     def __init__(self, system: str, model_ref: str, *, threads: int, calibration: Sequence[FloatArray]) -> None:
-        context = multiprocessing.get_context("spawn")
+        super().__init__(PEERS[system], _peer_child, (system, model_ref, threads, list(calibration)))
         self.system = system
-        self._connection, child = context.Pipe()
-        self._process = context.Process(
-            target=_peer_child, args=(child, system, model_ref, threads, list(calibration)), daemon=True
-        )
-        self._process.start()
-        child.close()
         self._receive()
-
-    def _receive(self) -> Any:
-        try:
-            message = self._connection.recv()
-        except EOFError:
-            raise RuntimeError(f"{PEERS[self.system]}: its process died (exit code {self._process.exitcode})") from None
-        if isinstance(message, BaseException):
-            raise message
-        return message
 
     def point(self, workload: Workload, *, batch_size: int, budget_s: float) -> Point:
         self._connection.send(("point", workload, batch_size, budget_s))
@@ -163,20 +148,6 @@ class PeerProcess:
         rows = self._receive()
         assert isinstance(rows, np.ndarray)
         return rows
-
-    def close(self) -> None:
-        if self._process.is_alive():
-            self._connection.send(None)
-            self._process.join(timeout=30)
-        if self._process.is_alive():
-            self._process.kill()
-        self._connection.close()
-
-    def __enter__(self) -> PeerProcess:
-        return self
-
-    def __exit__(self, *exc_info: object) -> None:
-        self.close()
 
 
 def _peer_child(connection: Any, system: str, model_ref: str, threads: int, calibration: list[FloatArray]) -> None:
